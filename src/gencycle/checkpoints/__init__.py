@@ -1,0 +1,185 @@
+"""Load and save models in the layouts the ecosystem uses.
+
+`load_model(path)` reads a Hugging Face model folder (config.json plus
+model.safetensors, sharded safetensors with an index, or pytorch_model.bin), a
+llama-architecture `.gguf` file, or a packaged model name. `save_pretrained` writes
+the Hugging Face layout back. Each family has a small module with its name table.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .. import assets
+from ..model.config import ModelConfig
+from ..model.transformer import Transformer
+from . import bert, gpt2, llama, t5
+from .names import rename
+
+FAMILIES = {model_type: module for module in (gpt2, llama, bert, t5) for model_type in module.MODEL_TYPES}
+FAMILY_MODULE = {"gpt2": gpt2, "llama": llama, "qwen2": llama, "bert": bert, "t5": t5}
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def family_of(hf_config: dict):
+    model_type = hf_config.get("model_type")
+    if model_type not in FAMILIES:
+        raise ValueError(f"unsupported architecture {model_type!r} (architectures: {hf_config.get('architectures')}); "
+                         f"gencycle supports model_type {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]
+
+
+# ------------------------------------------------------------------ reading files
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"corrupt or truncated safetensors file {str(path)!r}: {error}") from error
+
+
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several kinds for a damaged zip / pickle
+        raise ValueError(f"corrupt or unreadable weights file {str(path)!r}: {error}") from error
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a model folder, whichever of the usual files holds them."""
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.exists():
+            continue
+        if name.endswith(".index.json"):
+            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (folder / s).exists()]
+            if missing:
+                raise FileNotFoundError(f"{path} lists shard files that are missing: {', '.join(missing)}")
+            load = _load_safetensors if name.startswith("model.safetensors") else _load_bin
+            state = {}
+            for shard in shards:
+                state.update(load(folder / shard))
+            return state
+        return _load_safetensors(path) if name.endswith(".safetensors") else _load_bin(path)
+    raise FileNotFoundError(f"no weights file in {str(folder)!r}: looked for {', '.join(WEIGHT_FILES)}")
+
+
+# ------------------------------------------------------------------ HF state dict <-> model
+def model_from_hf(hf_config: dict, hf_state: dict[str, torch.Tensor], dtype=None, device=None) -> Transformer:
+    """Build a Transformer from a HF config dict and HF-named tensors."""
+    family = family_of(hf_config)
+    config = family.config_from_hf(hf_config)
+    model = Transformer(config)
+    load_hf_state(model, family, hf_state)
+    return model.to(device=device or default_device(), dtype=resolve_dtype(dtype)).eval()
+
+
+def load_hf_state(model: Transformer, family, hf_state: dict[str, torch.Tensor]) -> None:
+    config, table = model.config, family.table(model.config)
+    expected = model.state_dict()
+    state, unexpected = {}, []
+    for hf_name, tensor in family.weights_from_hf(hf_state, config).items():
+        name = rename(hf_name, table, to_hf=False)
+        if name is None or name not in expected:
+            if not any(hf_name.endswith(s) or s in hf_name for s in getattr(family, "IGNORED", ())):
+                unexpected.append(hf_name)
+            continue
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise ValueError(f"tensor {hf_name!r} has shape {tuple(tensor.shape)} in the checkpoint, "
+                             f"but the model expects {tuple(expected[name].shape)}")
+        state[name] = tensor
+    tied = {"lm_head.weight"} if config.tie_embeddings else set()
+    missing = [n for n in expected if n not in state and n not in tied]
+    if missing:
+        hf_names = [rename(n, table, to_hf=True) or n for n in missing]
+        raise ValueError(f"checkpoint is missing {len(missing)} weight(s): {', '.join(hf_names[:8])}"
+                         + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        warnings.warn(f"ignored {len(unexpected)} unknown tensor(s) in the checkpoint: {', '.join(unexpected[:5])}")
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """The model's weights under the HF names of its family (tied matrices stored once)."""
+    config = model.config
+    family = FAMILY_MODULE.get(config.family)
+    if family is None:
+        raise ValueError(f"family {config.family!r} has no Hugging Face layout; "
+                         f"supported: {', '.join(FAMILY_MODULE)}")
+    table = family.table(config)
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_embeddings:
+            continue
+        hf_name = rename(name, table, to_hf=True)
+        if hf_name is None:
+            raise ValueError(f"weight {name!r} has no name in the {config.family} layout")
+        state[hf_name] = tensor
+    return family.weights_to_hf(state, config)
+
+
+# ------------------------------------------------------------------ public API
+def load_model(path: str | Path, dtype=None, device=None) -> Transformer:
+    """Load a model folder, a `.gguf` file, or a packaged model name; returns it in eval mode."""
+    path = assets.resolve(path)
+    if path.is_file() and path.suffix == ".gguf":
+        from .gguf import load_gguf_cached
+        hf_config, hf_state = load_gguf_cached(path)
+        return model_from_hf(hf_config, hf_state, dtype, device)
+    if path.is_file():
+        raise ValueError(f"{str(path)!r} is a file; give a model folder (with config.json) or a .gguf file")
+    config_path = path / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"no config.json in {str(path)!r}")
+    hf_config = json.loads(config_path.read_text())
+    family_of(hf_config)  # fail on an unknown architecture before reading gigabytes
+    return model_from_hf(hf_config, read_weights(path), dtype, device)
+
+
+def save_pretrained(model: Transformer, directory: str | Path, safe_serialization: bool = True) -> Path:
+    """Write config.json and model.safetensors (or pytorch_model.bin) in the HF layout."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    family = FAMILY_MODULE.get(model.config.family)
+    if family is None:
+        raise ValueError(f"family {model.config.family!r} has no Hugging Face layout; "
+                         f"supported: {', '.join(FAMILY_MODULE)}")
+    hf_config = family.config_to_hf(model.config)
+    hf_config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
+    state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model).items()}
+    (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    if safe_serialization:
+        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(state, directory / "pytorch_model.bin")
+    return directory
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of a model folder, without reading its weights."""
+    hf_config = json.loads((assets.resolve(path) / "config.json").read_text())
+    return family_of(hf_config).config_from_hf(hf_config)
