@@ -199,7 +199,7 @@ def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
         })
         if config["attention_bias"]:
             shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
-                           p + "self_attn.v_proj.bias": (kv,)})
+                           p + "self_attn.v_proj.bias": (kv,), p + "self_attn.o_proj.bias": (h,)})
         if config["mlp_bias"]:
             shapes.update({p + "mlp.gate_proj.bias": (ff,), p + "mlp.up_proj.bias": (ff,),
                            p + "mlp.down_proj.bias": (h,)})
