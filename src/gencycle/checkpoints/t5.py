@@ -41,7 +41,10 @@ def config_from_hf(hf: dict) -> ModelConfig:
         act = "gelu_new"  # HF maps "gated-gelu" to gelu_new
     if act not in ACTIVATIONS:
         raise ValueError(f"T5 feed_forward_proj {projection!r} is not supported; supported: relu, gated-gelu")
-    tied = hf.get("tie_word_embeddings", True)
+    # T5 v1.0 ties lm_head to the embeddings and scales the decoder output by d_model**-0.5;
+    # v1.1 / Flan-T5 do neither. transformers 5 writes this as `scale_decoder_outputs`
+    # (and always `tie_word_embeddings: true`); older files say `tie_word_embeddings: false`.
+    tied = hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True))
     return ModelConfig(
         family="t5", architecture="encoder-decoder", vocab_size=hf["vocab_size"], hidden_size=hf["d_model"],
         num_layers=hf.get("num_decoder_layers") or hf["num_layers"], num_encoder_layers=hf["num_layers"],
@@ -51,7 +54,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
         relative_max_distance=hf.get("relative_attention_max_distance", 128),
         norm="rmsnorm", norm_eps=hf.get("layer_norm_epsilon", 1e-6), norm_bias=False,
         activation=ACTIVATIONS[act], gated_mlp=gated, scale_attention=False,
-        tie_embeddings=tied, scale_tied_logits=tied and hf.get("scale_decoder_outputs", True),
+        tie_embeddings=tied, scale_tied_logits=tied,
         pad_token_id=hf.get("pad_token_id", 0), eos_token_id=hf.get("eos_token_id", 1),
         decoder_start_token_id=hf.get("decoder_start_token_id", 0),
     )
@@ -69,7 +72,8 @@ def config_to_hf(config: ModelConfig) -> dict:
         "layer_norm_epsilon": config.norm_eps,
         "feed_forward_proj": ("gated-" if config.gated_mlp else "") + act,
         "dense_act_fn": {"gelu_tanh": "gelu_new"}.get(config.activation, config.activation),
-        "tie_word_embeddings": config.tie_embeddings, "pad_token_id": config.pad_token_id,
+        "tie_word_embeddings": config.tie_embeddings, "scale_decoder_outputs": config.tie_embeddings,
+        "pad_token_id": config.pad_token_id,
         "eos_token_id": config.eos_token_id, "decoder_start_token_id": config.decoder_start_token_id,
     }
 
@@ -77,6 +81,9 @@ def config_to_hf(config: ModelConfig) -> dict:
 def weights_from_hf(state: dict, config: ModelConfig) -> dict:
     if "shared.weight" not in state and "encoder.embed_tokens.weight" in state:
         state = {**state, "shared.weight": state["encoder.embed_tokens.weight"]}
+    if not config.tie_embeddings and "lm_head.weight" not in state and "shared.weight" in state:
+        # transformers 5 stores an unscaled head that equals the embeddings only once
+        state = {**state, "lm_head.weight": state["shared.weight"].clone()}
     return state
 
 
