@@ -123,6 +123,9 @@ def write_tiny_llama_gguf(path, tied: bool = True, arch: str = "llama", types=No
             w.add_tensor(_hf_gguf_name(hf), data)
         elif qtype == Q.F16:
             w.add_tensor(_hf_gguf_name(hf), data.astype(np.float16))
+        elif qtype == Q.IQ4_NL:  # the gguf package cannot quantize i-quants: write raw (zero) blocks
+            raw = np.zeros(gguf.quants.quant_shape_to_byte_shape(data.shape, qtype), dtype=np.uint8)
+            w.add_tensor(_hf_gguf_name(hf), raw, raw_dtype=qtype)
         else:
             w.add_tensor(_hf_gguf_name(hf), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
     for name, arr, qtype in extra or []:
@@ -293,9 +296,19 @@ def test_unsupported_architecture_lists_supported(tmp_path):
 
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
     path = tmp_path / "k.gguf"
-    write_tiny_llama_gguf(path, types={"model.layers.1.mlp.up_proj.weight": Q.Q5_0})
-    with pytest.raises(ValueError, match=r"k.gguf.*'blk.1.ffn_up.weight'.*Q5_0"):
+    write_tiny_llama_gguf(path, types={"model.layers.1.mlp.up_proj.weight": Q.IQ4_NL})
+    with pytest.raises(ValueError, match=r"k.gguf.*'blk.1.ffn_up.weight'.*IQ4_NL"):
         gg.read_gguf(path)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q5_0, Q.Q5_1, Q.BF16])
+def test_more_quantization_types_dequantize(tmp_path, qtype):
+    path = tmp_path / "more.gguf"
+    original = write_tiny_llama_gguf(path, types={"model.layers.0.mlp.down_proj.weight": qtype})
+    _, state = gg.read_gguf(path)
+    name = "model.layers.0.mlp.down_proj.weight"
+    error = (state[name] - torch.from_numpy(original[name])).abs().max()
+    assert error < 0.02
 
 
 def test_unexpected_tensor_is_an_error(tmp_path):

@@ -27,7 +27,8 @@ import torch
 SUPPORTED_ARCHITECTURES = ("llama",)
 
 # Tensor types that dequantize to fp32 here (names as gguf.GGMLQuantizationType spells them).
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+# K-quants are dequantized by the gguf package too (its numpy reference code).
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 # GGUF tensor name (inside blk.{i}) -> HF name (inside model.layers.{i}).
 _LAYER_TENSORS = {
