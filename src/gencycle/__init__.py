@@ -1,6 +1,7 @@
 """gencycle: the generative-AI project lifecycle with transformer language models."""
 
 from .checkpoints import load_model, save_pretrained
+from .generation import LLM, GenerationConfig, TextStreamer
 from .model import KVCache, ModelConfig, ModelOutput, Transformer, preset
 
 __version__ = "0.1.0"
@@ -12,5 +13,5 @@ def load_tokenizer(path):
     return _load(path)
 
 
-__all__ = ["KVCache", "ModelConfig", "ModelOutput", "Transformer", "load_model", "load_tokenizer",
-           "preset", "save_pretrained"]
+__all__ = ["GenerationConfig", "KVCache", "LLM", "ModelConfig", "ModelOutput", "Transformer", "load_model", "load_tokenizer",
+           "TextStreamer", "preset", "save_pretrained"]

@@ -248,6 +248,17 @@ class Transformer(nn.Module):
         logits = self.head(h[:, -logits_to_keep:] if logits_to_keep else h)
         return ModelOutput(logits, h, attentions, encoder_attentions, cross, encoder_hidden_states, cache=cache)
 
+    # ------------------------------------------------------------ generation (gencycle.generation)
+    def generate(self, input_ids, attention_mask=None, config=None, **overrides) -> torch.Tensor:
+        """Token ids like transformers' generate: see `gencycle.generation.generate`."""
+        from ..generation import generate
+        return generate(self, input_ids, attention_mask, config, **overrides)
+
+    def stream(self, input_ids, tokenizer, attention_mask=None, config=None, **overrides):
+        """Text deltas of one prompt's completion: see `gencycle.generation.stream`."""
+        from ..generation import stream
+        return stream(self, input_ids, tokenizer, attention_mask, config, **overrides)
+
     # ------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path, safe_serialization: bool = True) -> Path:
         """Write the Hugging Face layout (config.json + model.safetensors) for this family."""

@@ -1,0 +1,181 @@
+"""Decoding loops over the model's KV cache: greedy and random sampling (beam search: beam.py).
+
+    ids = generate(model, input_ids, attention_mask, max_new_tokens=20)        # like transformers
+    ids = model.generate(input_ids, attention_mask, do_sample=True, top_p=0.9)  # the same, as a method
+
+Decoder-only models return prompt + new tokens; encoder-decoders return the decoder sequence,
+starting with `decoder_start_token_id`. Finished rows are padded with `pad_token_id`.
+Prompts of different lengths are left-padded with an attention mask; each step feeds only the
+newest token, and a finished row is dropped from the batch (and its cache) so it costs nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import GenerationConfig
+from .processors import process
+from .stopping import StopStrings
+
+
+def resolve_config(model, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
+    """The config to run: `config` (or the model's `generation_config`, or the defaults) with
+    `overrides` applied, and EOS / padding ids filled in from the model where unset."""
+    base = config if config is not None else getattr(model, "generation_config", None) or GenerationConfig()
+    if not isinstance(base, GenerationConfig):
+        raise ValueError(f"config must be a GenerationConfig, got {type(base).__name__}")
+    base = base.replace(**overrides) if overrides else base
+    eos = base.eos_token_id if base.eos_token_id is not None else tuple(model.config.eos_token_ids)
+    pad = base.pad_token_id if base.pad_token_id is not None else model.config.pad_token_id
+    if pad is None:
+        pad = eos[0] if eos else 0
+    return base.replace(eos_token_id=eos, pad_token_id=pad)
+
+
+def prepare_inputs(model, input_ids, attention_mask, config: GenerationConfig):
+    """Check the prompt batch; returns ids (B, T), mask (B, T) or None, and the config with
+    max_new_tokens capped to the context window."""
+    if not model.config.has_decoder:
+        raise ValueError("an encoder-only model cannot generate text; use a decoder or encoder-decoder model")
+    ids = torch.as_tensor(input_ids, dtype=torch.long, device=model.device)
+    ids = ids[None] if ids.dim() == 1 else ids
+    if ids.dim() != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(ids.shape)}")
+    mask = None
+    if attention_mask is not None:
+        mask = torch.as_tensor(attention_mask, dtype=torch.long, device=model.device)
+        mask = mask[None] if mask.dim() == 1 else mask
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}")
+        if model.config.architecture == "decoder" and not bool(mask[:, -1].all()):
+            raise ValueError("decoder-only generation needs left padding: every prompt must end at the last "
+                             "column (tokenize with padding_side='left')")
+    if model.config.architecture == "decoder" and model.config.position != "relative":
+        window = model.config.max_position_embeddings
+        if ids.shape[1] > window:
+            raise ValueError(f"prompt of {ids.shape[1]} tokens is longer than the model's context window "
+                             f"of {window} tokens")
+        if ids.shape[1] + config.max_new_tokens > window:
+            config = config.replace(max_new_tokens=window - ids.shape[1])
+    return ids, mask, config
+
+
+class DecodeState:
+    """The model's side of a decoding loop: KV cache, attention mask, encoder output.
+
+    `state(ids)` feeds new tokens (N, t) and returns the next-token logits (N, V) in fp32;
+    `state.select(index)` keeps / reorders / repeats rows (beam search, finished rows).
+    """
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int):
+        self.model = model
+        B, T = input_ids.shape
+        self.encoder_decoder = model.config.architecture == "encoder-decoder"
+        if self.encoder_decoder:  # the encoder runs once; the decoder starts from one token
+            self.memory, _ = model.encode(input_ids, attention_mask)    # (B, Tenc, C)
+            self.memory_mask, self.mask = attention_mask, None
+            self.cache = model.new_cache(B, 1 + max_new_tokens)
+            start = model.config.decoder_start_token_id
+            start = start if start is not None else (model.config.pad_token_id or 0)
+            self.start = torch.full((B, 1), start, dtype=torch.long, device=input_ids.device)
+        else:  # no mask at all when nothing is padded: positions are then 0..S-1 anyway
+            self.memory = self.memory_mask = None
+            self.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+            self.cache = model.new_cache(B, T + max_new_tokens)
+            self.start = input_ids
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.encoder_decoder:
+            out = self.model(decoder_input_ids=ids, encoder_hidden_states=self.memory,
+                             attention_mask=self.memory_mask, cache=self.cache, logits_to_keep=1)
+        else:
+            if self.mask is not None and self.cache.length > 0:  # (N, S): past + the new tokens
+                self.mask = torch.cat([self.mask, self.mask.new_ones(ids.shape)], dim=1)
+            out = self.model(ids, attention_mask=self.mask, cache=self.cache, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def select(self, index: torch.Tensor) -> None:
+        self.cache.select(index)
+        if self.mask is not None:
+            self.mask = self.mask.index_select(0, index)
+        if self.memory is not None:
+            self.memory = self.memory.index_select(0, index)
+        if self.memory_mask is not None:
+            self.memory_mask = self.memory_mask.index_select(0, index)
+
+
+def make_generator(config: GenerationConfig, device) -> torch.Generator | None:
+    """A private random generator (re-entrant: no global RNG state), seeded by `config.seed`."""
+    if config.greedy:
+        return None
+    generator = torch.Generator(device=device)
+    if config.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(config.seed)
+    return generator
+
+
+def pick(scores: torch.Tensor, config: GenerationConfig, generator) -> torch.Tensor:
+    """Next token per row from processed scores (N, V): arg-max, or a draw from softmax(scores)."""
+    if config.greedy:
+        return scores.argmax(dim=-1)
+    return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def sample_steps(state: DecodeState, config: GenerationConfig, generator=None, stop: StopStrings | None = None):
+    """The greedy / sampling loop. Yields (rows, tokens) each step: rows (A,) are the indices of the
+    rows still running, tokens (A,) their next token. A row ends at EOS or a stop string."""
+    seqs = state.start                                           # (A, T) sequences so far
+    T = seqs.shape[1]
+    rows = torch.arange(seqs.shape[0], device=seqs.device)
+    eos = torch.tensor(config.eos_token_ids, dtype=torch.long, device=seqs.device)
+    if config.max_new_tokens == 0:
+        return
+    logits = state(seqs)                                         # prefill: the whole prompt at once
+    for step in range(config.max_new_tokens):
+        scores = process(logits, seqs, config, step, config.eos_token_ids)
+        tokens = pick(scores, config, generator)                 # (A,)
+        seqs = torch.cat([seqs, tokens[:, None]], dim=1)
+        yield rows, tokens
+        done = torch.isin(tokens, eos)
+        if stop is not None:
+            done |= stop(seqs[:, T:])
+        if step + 1 == config.max_new_tokens or bool(done.all()):
+            return
+        if bool(done.any()):                                     # drop finished rows from the batch
+            keep = (~done).nonzero().squeeze(1)
+            rows, seqs, tokens = rows[keep], seqs[keep], tokens[keep]
+            state.select(keep)
+        logits = state(tokens[:, None])
+
+
+@torch.inference_mode()
+def generate(model, input_ids, attention_mask=None, config: GenerationConfig | None = None, *,
+             tokenizer=None, **overrides) -> torch.Tensor:
+    """Generate token ids, as `transformers`' `model.generate` returns them.
+
+    input_ids, attention_mask: (B, T), left-padded for decoder-only models. `tokenizer` is needed
+    only for stop strings. Returns (B * num_return_sequences, T + new) for decoder-only models,
+    (B * num_return_sequences, 1 + new) decoder ids for encoder-decoders.
+    """
+    config = resolve_config(model, config, **overrides)
+    ids, mask, config = prepare_inputs(model, input_ids, attention_mask, config)
+    stop = StopStrings(tokenizer, config.stop) if config.stop else None
+    if config.num_beams > 1 and config.max_new_tokens > 0:
+        from .beam import beam_search
+        return beam_search(model, ids, mask, config, stop)
+    n = config.num_return_sequences
+    if n > 1:
+        ids = ids.repeat_interleave(n, dim=0)
+        mask = mask.repeat_interleave(n, dim=0) if mask is not None else None
+    state = DecodeState(model, ids, mask, config.max_new_tokens)
+    start = state.start
+    T = start.shape[1]
+    out = torch.full((start.shape[0], T + config.max_new_tokens), config.pad_token_id, dtype=torch.long,
+                     device=start.device)
+    out[:, :T] = start
+    steps = 0
+    for steps, (rows, tokens) in enumerate(sample_steps(state, config, make_generator(config, start.device), stop), 1):
+        out[rows, T + steps - 1] = tokens
+    return out[:, :T + steps]
