@@ -1,0 +1,263 @@
+"""The one training loop: `Trainer(model, TrainConfig(...), data).train()`.
+
+    for each optimizer step:
+        take grad_accum micro-batches from the seeded sampler (this process's share)
+        loss_i = step_fn(model, batch_i)            under bf16 autocast where enabled
+        backward(loss_i * weight_i / total weight)  weights: scored tokens, summed over processes
+        clip the gradient norm, AdamW step, learning-rate schedule step
+        every eval_every steps: eval loss;  every checkpoint_every steps: checkpoint
+
+Only parameters with requires_grad are optimized, so a model whose trainable
+parameters were chosen by `gencycle.adapters` (LoRA, soft prompts) trains as is.
+`step_fn(model, batch) -> loss` is pluggable: fine-tuning uses `objectives.lm_step`;
+PPO / DPO bring their own and reuse the optimizer, checkpoints and progress bar.
+Under `torchrun` the same code runs data-parallel (DDP, or FSDP for big models).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint, distributed
+from .data import EpochSampler
+from .objectives import lm_step, processed_tokens, scored_tokens
+
+StepFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Steps are optimizer steps; batch_size is per process and micro-batch."""
+
+    max_steps: int | None = None        # None: epochs * (steps in one epoch)
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0           # applied to matrices only (not norms, biases)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: str = "cosine"            # cosine | linear | constant (after warm-up)
+    min_lr_ratio: float = 0.0           # the schedule ends at lr * min_lr_ratio
+    max_grad_norm: float | None = 1.0   # None: no clipping
+    precision: str = "auto"             # auto: bf16 autocast on a GPU that has it, else fp32
+    seed: int = 0
+    shuffle: bool = True
+    eval_every: int | None = None       # steps between evaluations (and one at the end)
+    eval_batch_size: int | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    save_trainable_only: bool = True    # checkpoints hold requires_grad parameters only
+    out_dir: str | None = None          # checkpoints/, metrics.jsonl, loss_curve.png
+    strategy: str = "auto"              # auto (DDP under torchrun) | none | ddp | fsdp
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        checks = [(self.batch_size > 0, "batch_size"), (self.grad_accum > 0, "grad_accum"), (self.lr > 0, "lr"),
+                  (self.max_steps is None or self.max_steps > 0, "max_steps"), (self.epochs > 0, "epochs"),
+                  (self.warmup_steps >= 0, "warmup_steps")]
+        for ok, name in checks:
+            if not ok:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.strategy not in distributed.STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(distributed.STRATEGIES)}")
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at step s: linear warm-up, then cosine / linear decay / constant."""
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        if config.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if config.schedule == "cosine" else 1 - progress
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * decay
+    return factor
+
+
+def seed_everything(seed: int) -> None:
+    import random
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Runs `config` on `model` over `train_data` (a list of examples that `collate_fn` batches).
+
+    step_fn(model, batch) -> mean loss of the batch; weight_fn(batch) -> its weight in the mean
+    (scored tokens by default); eval uses the same two on `eval_data`.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: TrainConfig, train_data, *, eval_data=None,
+                 collate_fn: Callable[[list], dict], step_fn: StepFn = lm_step,
+                 weight_fn: Callable[[dict], int] = scored_tokens, device=None):
+        self.config, self.train_data, self.eval_data = config, train_data, eval_data
+        self.collate_fn, self.step_fn, self.weight_fn = collate_fn, step_fn, weight_fn
+        self.dist = distributed.setup(device)
+        seed_everything(config.seed + self.dist.rank)
+        self.module = model.to(self.dist.device)
+        strategy = "ddp" if config.strategy == "auto" else config.strategy
+        self.model = distributed.wrap(self.module, strategy, self.dist)
+        self.strategy = strategy if self.dist.enabled else "none"
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters (every requires_grad is False)")
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+                                           fused=self.dist.device.type == "cuda" or None)
+        self.sampler = EpochSampler(len(train_data), config.batch_size, config.seed, config.shuffle,
+                                    self.dist.rank, self.dist.world_size)
+        steps_per_epoch = max(1, len(self.sampler) // config.grad_accum)
+        self.max_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(config, self.max_steps))
+        self.autocast_dtype = self._autocast_dtype()
+        self.step, self.history, self.tokens_seen = 0, [], 0
+        self.out_dir = Path(config.out_dir) if config.out_dir else None
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision, device = self.config.precision, self.dist.device
+        if precision == "bf16" or (precision == "auto" and device.type == "cuda"
+                                   and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return None
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.dist.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    # ------------------------------------------------------------ one optimizer step
+    def train_step(self) -> dict:
+        """grad_accum micro-batches, one AdamW step; returns the step's loss, lr, tokens, grad_norm."""
+        self.model.train()
+        batches = [self.collate_fn([self.train_data[i] for i in self.sampler.next_batch()])
+                   for _ in range(self.config.grad_accum)]
+        weights = [float(self.weight_fn(b)) for b in batches]
+        # total weight over all processes: each backward scales by weight_i / total (x world_size,
+        # because data-parallel gradient reduction averages over processes)
+        totals = self.dist.all_reduce(torch.tensor([sum(weights), sum(map(processed_tokens, batches))],
+                                                   dtype=torch.float64, device=self.dist.device))
+        total_weight, tokens = totals[0].item(), int(totals[1].item())
+        loss_sum = torch.zeros((), device=self.dist.device)
+        for i, (batch, weight) in enumerate(zip(batches, weights)):
+            last = i == len(batches) - 1
+            sync = nullcontext() if last or self.strategy != "ddp" else self.model.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.step_fn(self.model, self._to_device(batch))
+                scale = weight / max(total_weight, 1e-12)
+                (loss * scale * self.dist.world_size).backward()
+            loss_sum += loss.detach().float() * scale
+        grad_norm = None
+        if self.config.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], self.config.max_grad_norm))
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += tokens
+        loss = self.dist.all_reduce(loss_sum).item()
+        return {"step": self.step, "loss": loss, "lr": lr, "tokens": tokens, "grad_norm": grad_norm}
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, data=None) -> float:
+        """Weighted mean loss over `data` (default eval_data), split across processes."""
+        data = self.eval_data if data is None else data
+        if data is None or len(data) == 0:
+            raise ValueError("no evaluation data")
+        self.model.eval()
+        size = self.config.eval_batch_size or self.config.batch_size
+        mine = list(range(self.dist.rank, len(data), self.dist.world_size))
+        total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
+        for start in range(0, len(mine), size):
+            batch = self.collate_fn([data[i] for i in mine[start:start + size]])
+            weight = float(self.weight_fn(batch))
+            with self.autocast():
+                loss = self.step_fn(self.model, self._to_device(batch))
+            total += torch.tensor([loss.item() * weight, weight], dtype=torch.float64, device=self.dist.device)
+        self.dist.all_reduce(total)
+        self.model.train()
+        return (total[0] / total[1].clamp(min=1e-12)).item()
+
+    # ------------------------------------------------------------ the run
+    def train(self, resume: bool | str | Path = False) -> list[dict]:
+        """Train to max_steps; returns the history (one dict per step, eval_loss where evaluated).
+
+        resume=True continues from the newest checkpoint in out_dir/checkpoints (if any);
+        a path continues from that checkpoint.
+        """
+        if resume:
+            path = checkpoint.latest(self.out_dir) if resume is True else Path(resume)
+            if path is not None:
+                self.load_checkpoint(path)
+        cfg = self.config
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
+                   desc="training", dynamic_ncols=True)
+        started = time.perf_counter()
+        while self.step < self.max_steps:
+            t0 = time.perf_counter()
+            record = self.train_step()
+            elapsed = time.perf_counter() - t0
+            record["tokens_per_s"] = record["tokens"] / max(elapsed, 1e-9)
+            if cfg.eval_every and self.eval_data is not None and (
+                    self.step % cfg.eval_every == 0 or self.step == self.max_steps):
+                record["eval_loss"] = self.evaluate()
+            self.history.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                            tok_s=f"{record['tokens_per_s']:,.0f}",
+                            **({"eval": f"{record['eval_loss']:.4f}"} if "eval_loss" in record else {}))
+            bar.update(1)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        self.train_seconds = time.perf_counter() - started
+        if self.out_dir is not None and self.dist.is_main:
+            self.write_metrics()
+        return self.history
+
+    def write_metrics(self) -> None:
+        from .report import plot_loss_curve
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        if self.history:
+            plot_loss_curve(self.history, self.out_dir / "loss_curve.png")
+
+    # ------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "sampler": self.sampler.state_dict(), "history": self.history, "tokens_seen": self.tokens_seen,
+                "max_steps": self.max_steps, "config": asdict(self.config)}
+
+    def save_checkpoint(self) -> Path | None:
+        if self.out_dir is None:
+            raise ValueError("checkpoints need TrainConfig(out_dir=...)")
+        return checkpoint.save(self, self.out_dir / "checkpoints")
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        checkpoint.load(self, Path(path))
