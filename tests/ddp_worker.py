@@ -62,20 +62,27 @@ def main(argv: list[str]) -> None:
     from gencycle.training import TrainConfig, Trainer, collator_for, tokenize
     from gencycle.training.distributed import teardown
     out, strategy = argv[0], argv[2] if len(argv) > 2 and argv[1] == "--strategy" else "ddp"
-    model = tiny_decoder()
     data = tokenize(reverse_task(64, seed=1), char_tokenizer(), max_length=32)
     config = TrainConfig(max_steps=4, batch_size=4, grad_accum=2, lr=3e-3, seed=0, progress=False,
-                         strategy=strategy, max_grad_norm=1.0)
-    trainer = Trainer(model, config, data, collate_fn=collator_for(model.config))
-    trainer.train()
-    if strategy == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        state = {k: v.detach().cpu() for k, v in trainer.module.state_dict().items()}
+                         strategy=strategy, max_grad_norm=1.0, checkpoint_every=2, out_dir=out + ".run")
+    runs = []
+    for resume in (False, out + ".run/checkpoints/step-00000002"):  # straight, then again from step 2
+        model = tiny_decoder()
+        trainer = Trainer(model, config, data, collate_fn=collator_for(model.config))
+        trainer.train(resume=resume)
+        runs.append(({k: v.detach().cpu() for k, v in _full_state(trainer).items()},
+                     [h["loss"] for h in trainer.history]))
     if trainer.dist.is_main:
-        torch.save({"state": state, "losses": [h["loss"] for h in trainer.history]}, out)
+        torch.save({"state": runs[0][0], "losses": runs[0][1], "resumed_state": runs[1][0],
+                    "resumed_losses": runs[1][1]}, out)
     teardown()
+
+
+def _full_state(trainer) -> dict:
+    if trainer.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        return get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return trainer.module.state_dict()
 
 
 if __name__ == "__main__":
