@@ -11,7 +11,10 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "gencycle.cli.finetune",
+    "gencycle.cli.generate",
     "gencycle.cli.inspect",
+    "gencycle.cli.merge",
 ]
 
 

@@ -56,6 +56,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     finished_len = torch.zeros(B, K, dtype=torch.long, device=device)  # new tokens of each finished beam
     improvable = torch.ones(B, 1, dtype=torch.bool, device=device)
     prompts = torch.arange(B, device=device)                     # which prompt each running row serves
+    padding = None if state.padding is None else state.padding[:, None].expand(B, K)  # (A, K) left padding
     result, result_len = finished.clone(), finished_len.clone()
 
     def retire(which: torch.Tensor) -> None:
@@ -65,7 +66,8 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         cur, A = T + step, running.shape[0]
         # 1-2. every beam's continuations, best W per prompt
         log_probs = torch.log_softmax(logits, dim=-1)
-        log_probs = process(log_probs, running[:, :, :cur].reshape(A * K, cur), config, step, eos_ids, warp=False)
+        log_probs = process(log_probs, running[:, :, :cur].reshape(A * K, cur), config, step, eos_ids,
+                            None if padding is None else padding.reshape(A * K), warp=False)
         V = log_probs.shape[-1]
         log_probs = (log_probs.view(A, K, V) + running_scores[:, :, None]).view(A, K * V)
         top_scores, top_index = log_probs.topk(W, dim=1)         # (A, W)
@@ -108,6 +110,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
             running, running_scores, rows = running[live], running_scores[live], rows[live]
             finished, finished_scores, is_finished = finished[live], finished_scores[live], is_finished[live]
             finished_len, improvable, prompts = finished_len[live], improvable[live], prompts[live]
+            padding = None if padding is None else padding[live]
         state.select(rows.flatten())
         logits = state(running[:, :, cur].reshape(-1, 1))
     retire(torch.ones(len(prompts), dtype=torch.bool, device=device))

@@ -65,6 +65,7 @@ class DecodeState:
 
     `state(ids)` feeds new tokens (N, t) and returns the next-token logits (N, V) in fp32;
     `state.select(index)` keeps / reorders / repeats rows (beam search, finished rows).
+    `padding` (B,): left-padding length of each prompt row (None: no padding).
     """
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int):
@@ -78,11 +79,13 @@ class DecodeState:
             start = model.config.decoder_start_token_id
             start = start if start is not None else (model.config.pad_token_id or 0)
             self.start = torch.full((B, 1), start, dtype=torch.long, device=input_ids.device)
+            self.padding = None
         else:  # no mask at all when nothing is padded: positions are then 0..S-1 anyway
             self.memory = self.memory_mask = None
             self.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
             self.cache = model.new_cache(B, T + max_new_tokens)
             self.start = input_ids
+            self.padding = None if self.mask is None else (self.mask != 0).int().argmax(dim=1)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if self.encoder_decoder:
@@ -128,13 +131,13 @@ def sample_steps(state: DecodeState, config: GenerationConfig, generator=None, s
     rows still running, tokens (A,) their next token. A row ends at EOS or a stop string."""
     seqs = state.start                                           # (A, T) sequences so far
     T = seqs.shape[1]
-    rows = torch.arange(seqs.shape[0], device=seqs.device)
+    rows, padding = torch.arange(seqs.shape[0], device=seqs.device), state.padding
     eos = torch.tensor(config.eos_token_ids, dtype=torch.long, device=seqs.device)
     if config.max_new_tokens == 0:
         return
     logits = state(seqs)                                         # prefill: the whole prompt at once
     for step in range(config.max_new_tokens):
-        scores = process(logits, seqs, config, step, config.eos_token_ids)
+        scores = process(logits, seqs, config, step, config.eos_token_ids, padding)
         tokens = pick(scores, config, generator)                 # (A,)
         seqs = torch.cat([seqs, tokens[:, None]], dim=1)
         yield rows, tokens
@@ -146,6 +149,7 @@ def sample_steps(state: DecodeState, config: GenerationConfig, generator=None, s
         if bool(done.any()):                                     # drop finished rows from the batch
             keep = (~done).nonzero().squeeze(1)
             rows, seqs, tokens = rows[keep], seqs[keep], tokens[keep]
+            padding = padding[keep] if padding is not None else None
             state.select(keep)
         logits = state(tokens[:, None])
 

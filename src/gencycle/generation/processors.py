@@ -13,17 +13,26 @@ N = rows (batch x beams), T = tokens so far, V = vocabulary.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .config import GenerationConfig
 
 
-def repetition_penalty(scores: torch.Tensor, ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """Make every token already in `ids` (N, T) less likely: positive scores / penalty, negative * penalty."""
+def repetition_penalty(scores: torch.Tensor, ids: torch.Tensor, penalty: float,
+                       padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Make every token already in `ids` (N, T) less likely: positive scores / penalty, negative * penalty.
+
+    padding (N,): how many leading positions of each row are left padding (not counted).
+    """
     if penalty == 1.0:
         return scores
+    V = scores.shape[1]
+    if padding is not None:  # padding points at a spare column V, dropped at the end
+        ids = ids.masked_fill(torch.arange(ids.shape[1], device=ids.device) < padding[:, None], V)
+    scores = F.pad(scores, (0, 1))
     seen = scores.gather(1, ids)
     seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, ids, seen)
+    return scores.scatter(1, ids, seen)[:, :V]
 
 
 def no_repeat_ngram(scores: torch.Tensor, ids: torch.Tensor, n: int) -> torch.Tensor:
@@ -74,13 +83,14 @@ def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def process(scores: torch.Tensor, ids: torch.Tensor, config: GenerationConfig, generated: int,
-            eos_ids: list[int], warp: bool = True) -> torch.Tensor:
+            eos_ids: list[int], padding: torch.Tensor | None = None, warp: bool = True) -> torch.Tensor:
     """Apply the configured processors to scores (N, V) given the sequences so far `ids` (N, T).
 
-    `generated`: tokens generated so far (the same for every row). `warp`: apply the sampling
-    processors (temperature, top-k, top-p) when the config samples.
+    `generated`: tokens generated so far (the same for every row). `padding` (N,): left padding
+    of each row, which the repetition penalty skips. `warp`: apply the sampling processors
+    (temperature, top-k, top-p) when the config samples.
     """
-    scores = repetition_penalty(scores, ids, config.repetition_penalty)
+    scores = repetition_penalty(scores, ids, config.repetition_penalty, padding)
     scores = no_repeat_ngram(scores, ids, config.no_repeat_ngram_size)
     scores = min_new_tokens(scores, generated, config.min_new_tokens, eos_ids)
     if warp and not config.greedy:
