@@ -163,6 +163,29 @@ def test_kv_cache_encoder_decoder(tmp_path):
     assert torch.equal(full.argmax(-1), dec[:, 1:])
 
 
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_gencycle_generate_matches_peft_generate(family, num_beams, tmp_path):
+    """gencycle.generation.generate on the wrapper (left-padded batch, KV cache, beams) = peft's generate."""
+    from gencycle.generation import generate
+    hf_tiny(family).save_pretrained(tmp_path)
+    model = apply_prompt_tuning(gencycle.load_model(tmp_path, device="cpu"), num_virtual_tokens=N, init="vocab",
+                                seed=3)
+    reference = peft_prompt_model(family, tmp_path, model.prompt_embeddings.detach())
+    ids, _ = batch()
+    mask = torch.ones_like(ids)
+    if family == "llama":
+        mask[1, :3] = 0  # left padding in the second row
+    out = generate(model, ids, mask, max_new_tokens=6, do_sample=False, num_beams=num_beams)
+    for row in range(2):
+        keep = mask[row].bool()
+        with torch.no_grad():
+            expected = reference.generate(input_ids=ids[row:row + 1, keep], attention_mask=mask[row:row + 1, keep],
+                                          max_new_tokens=6, do_sample=False, num_beams=num_beams)
+        new = out[row, -6:] if family == "llama" else out[row]
+        assert torch.equal(new, expected[0, -6:] if family == "llama" else expected[0]), (row, new, expected)
+
+
 # ------------------------------------------------------------------ training
 def const_task(n, seed, length=10):
     """A random first token, then always token 7: the soft prompt must steer every prediction."""
