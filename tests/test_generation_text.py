@@ -137,6 +137,27 @@ def test_streamer_holds_back_possible_stop_strings_and_partial_characters(llm):
     assert streamer.put(accented[0]) == "" and streamer.put(accented[1]) == "é" and streamer.end() == ""
 
 
+def test_encoder_decoder_through_llm(tmp_path, llm):
+    """T5: the prompt goes to the encoder (run once); the completion is the decoder's text."""
+    torch.manual_seed(1)
+    t5 = hf.T5ForConditionalGeneration(hf.T5Config(
+        vocab_size=llm.tokenizer.vocab_size, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=2))
+    with torch.no_grad():
+        for param in t5.parameters():
+            param.add_(torch.randn_like(param) * 0.3)
+    t5.eval().save_pretrained(tmp_path)
+    llm.tokenizer.save_pretrained(tmp_path)
+    seq2seq = LLM.load(tmp_path, device="cpu")
+    prompts, batch = ["the quick brown fox", "hello"], llm.tokenizer(["the quick brown fox", "hello"])
+    for options in ({"no_repeat_ngram_size": 1}, {"num_beams": 3, "no_repeat_ngram_size": 2}):
+        out = t5.generate(**batch, max_new_tokens=8, do_sample=False, **options)
+        expected = [llm.tokenizer.decode(cut_at_eos(row[1:].tolist(), [2]), skip_special_tokens=True) for row in out]
+        assert seq2seq.generate(prompts, max_new_tokens=8, **options) == expected and all(expected)
+    assert "".join(seq2seq.stream(prompts[0], max_new_tokens=8, no_repeat_ngram_size=1)) == \
+        seq2seq.generate(prompts[0], max_new_tokens=8, no_repeat_ngram_size=1)
+
+
 def test_cli_generate_and_chat(folder, llm, capsys, monkeypatch):
     assert main(["generate", str(folder), "hello", "--raw", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == llm.generate("hello", max_new_tokens=8) + "\n"
