@@ -148,6 +148,66 @@ def test_peft_adapter_loads_in_gencycle(base, which, tmp_path):
     torch.testing.assert_close(ours_logits(model, family), hf_logits(reference, family), atol=1e-4, rtol=0)
 
 
+def test_bert_both_ways(tmp_path):
+    """Encoder-only BertModel (no `bert.` prefix in its names): hidden states match peft both ways."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64)
+    transformers.BertModel(config).eval().save_pretrained(tmp_path / "bert")
+    ids = inputs("bert")["input_ids"]
+    model = apply_lora(gencycle.load_model(tmp_path / "bert", device="cpu"), rank=4, alpha=8,
+                       target_modules=("query", "value", "dense"))
+    randomize_lora_B(model)
+    save_adapter(model, tmp_path / "ours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = peft.PeftModel.from_pretrained(transformers.BertModel.from_pretrained(tmp_path / "bert"),
+                                                   tmp_path / "ours").eval()
+        with torch.no_grad():
+            torch.testing.assert_close(model(ids).hidden_states, reference(input_ids=ids).last_hidden_state,
+                                       atol=1e-4, rtol=0)
+        theirs = peft.get_peft_model(transformers.BertModel.from_pretrained(tmp_path / "bert"),
+                                     peft.LoraConfig(r=4, target_modules=["key", "dense"])).eval()
+    randomize_lora_B(theirs, seed=2)
+    theirs.save_pretrained(tmp_path / "theirs")
+    loaded = load_adapter(gencycle.load_model(tmp_path / "bert", device="cpu"), tmp_path / "theirs")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).hidden_states, theirs(input_ids=ids).last_hidden_state,
+                                   atol=1e-4, rtol=0)
+
+
+def test_round_trip_keeps_patterns_and_regex_targets(tmp_path):
+    """peft adapter with per-module rank / alpha -> gencycle -> saved again -> peft: same logits.
+    An adapter on some layers only is written with a regex target_modules."""
+    folder = tmp_path / "base"
+    hf_tiny("llama").save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(hf_load("llama", folder), peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], rank_pattern={"v_proj": 2},
+            alpha_pattern={"up_proj": 5})).eval()
+    randomize_lora_B(theirs, seed=7)
+    theirs.save_pretrained(tmp_path / "theirs")
+    model = load_adapter(gencycle.load_model(folder, device="cpu"), tmp_path / "theirs")
+    save_adapter(model, tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    assert set(config["rank_pattern"].values()) == {2} and set(config["alpha_pattern"].values()) == {5}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = peft.PeftModel.from_pretrained(hf_load("llama", folder), tmp_path / "ours").eval()
+    torch.testing.assert_close(hf_logits(again, "llama"), hf_logits(theirs, "llama"), atol=1e-5, rtol=0)
+
+    model = apply_lora(gencycle.load_model(folder, device="cpu"), rank=4, target_modules=r"decoder\.layers\.1\..*_proj")
+    randomize_lora_B(model)
+    save_adapter(model, tmp_path / "regex")
+    assert isinstance(json.loads((tmp_path / "regex" / "adapter_config.json").read_text())["target_modules"], str)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = peft.PeftModel.from_pretrained(hf_load("llama", folder), tmp_path / "regex").eval()
+    assert sum(isinstance(m, peft.tuners.lora.LoraLayer) for m in reference.modules()) == 7
+    torch.testing.assert_close(ours_logits(model, "llama"), hf_logits(reference, "llama"), atol=1e-4, rtol=0)
+
+
 # ------------------------------------------------------------------ merge
 def test_merged_equals_unmerged(base):
     family, folder = base
