@@ -167,7 +167,7 @@ def generate(model, input_ids, attention_mask=None, config: GenerationConfig | N
     ids, mask, config = prepare_inputs(model, input_ids, attention_mask, config)
     stop = StopStrings(tokenizer, config.stop) if config.stop else None
     if config.num_beams > 1 and config.max_new_tokens > 0:
-        from .beam import beam_search
+        from .beam import beam_search  # here: beam.py builds on this module's DecodeState
         return beam_search(model, ids, mask, config, stop)
     n = config.num_return_sequences
     if n > 1:
