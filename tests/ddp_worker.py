@@ -24,8 +24,8 @@ SPECIALS = ["<pad>", "</s>", "<s>"]  # ids 0, 1, 2 (T5's pad = decoder start, eo
 
 
 def char_tokenizer() -> Tokenizer:
-    """One token per character of LETTERS + ' >', no merges."""
-    vocab = {t: i for i, t in enumerate(SPECIALS + list(LETTERS + " >"))}
+    """One token per character of LETTERS + " ><=", no merges."""
+    vocab = {t: i for i, t in enumerate(SPECIALS + list(LETTERS + " ><="))}
     backend = Backend(models.BPE(vocab=vocab, merges=[], unk_token=None))
     return Tokenizer(backend, {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"})
 
@@ -40,10 +40,27 @@ def reverse_task(n: int, seed: int, length: int = 4) -> list[Pair]:
     return pairs
 
 
+def sort_task(n: int, seed: int, marker: bool = False) -> list[dict]:
+    """'dagc>' -> 'acdg': 4 distinct letters sorted (cross-attention finds them by content).
+
+    marker=True starts each prompt with '<' (sort ascending) or '=' (descending), half and half:
+    a model trained on that mix learns what the marker asks, and a soft prompt can stand in for it.
+    """
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        letters = rng.sample(LETTERS, 4)
+        ascending = not marker or rng.random() < 0.5
+        prefix = ("<" if ascending else "=") if marker else ""
+        records.append({"prompt": prefix + "".join(letters) + ">",
+                        "completion": "".join(sorted(letters, reverse=not ascending))})
+    return records
+
+
 def tiny_decoder(seed: int = 0, **overrides) -> Transformer:
     torch.manual_seed(seed)
     config = ModelConfig(**{**dict(
-        family="llama", vocab_size=16, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        family="llama", vocab_size=18, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
         intermediate_size=128, max_position_embeddings=64, position="rope", norm="rmsnorm", activation="silu",
         gated_mlp=True, norm_bias=False, tie_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=2),
         **overrides})
@@ -52,7 +69,7 @@ def tiny_decoder(seed: int = 0, **overrides) -> Transformer:
 
 def tiny_t5(seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    config = t5.config_from_hf(dict(vocab_size=16, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+    config = t5.config_from_hf(dict(vocab_size=18, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                                     feed_forward_proj="gated-gelu", tie_word_embeddings=False,
                                     relative_attention_num_buckets=8, relative_attention_max_distance=16))
     return Transformer(config)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ddp_worker import char_tokenizer, reverse_task, tiny_decoder, tiny_t5
+from ddp_worker import char_tokenizer, reverse_task, tiny_decoder
 from gencycle.training import (
     IGNORE_INDEX, TrainConfig, Trainer, causal_lm_loss, collator_for, count_parameters, tokenize,
 )
@@ -25,25 +25,16 @@ def _trainer(model, tmp_path=None, train=None, eval_data=None, **config):
                    collate_fn=collator_for(model.config))
 
 
-# ------------------------------------------------------------------ it learns
-@pytest.mark.parametrize("make, steps, lr, threshold", [
-    (tiny_decoder, 150, 1e-2, 0.6),   # from ln(16) ~ 2.77: a 4-letter reversal, learned
-    (tiny_t5, 200, 3e-3, 1.0),        # below the 2.3 of guessing letters: it reads the encoder input
-])
-def test_full_finetuning_lowers_eval_loss(make, steps, lr, threshold, tmp_path):
-    model = make()
-    arch = model.config.architecture
-    trainer = _trainer(model, tmp_path, _data(arch, 512, 1), _data(arch, 64, 2), max_steps=steps, batch_size=16,
-                       lr=lr, warmup_steps=10, eval_every=steps)
-    before = trainer.evaluate()
-    history = trainer.train()
-    assert before > 2.5
-    assert history[-1]["eval_loss"] < threshold
-    assert (tmp_path / "loss_curve.png").stat().st_size > 1000
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == steps and {"loss", "lr", "tokens_per_s"} <= set(json.loads(lines[0]))
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: one thread is faster, and much faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
+# (learning to lower the eval loss, full / LoRA / prompt tuning: tests/test_training_finetune.py)
 def test_bf16_autocast_on_cpu_trains():
     trainer = _trainer(tiny_decoder(), max_steps=8, batch_size=16, lr=1e-2, precision="bf16")
     assert trainer.autocast_dtype == torch.bfloat16
@@ -59,7 +50,7 @@ def test_pinned_first_losses():
     assert losses == pytest.approx(PINNED, abs=2e-4), losses
 
 
-PINNED = [2.7798, 2.6613, 2.5709, 2.4679]
+PINNED = [2.8767, 2.7683, 2.6314, 2.5146]
 
 
 # ------------------------------------------------------------------ resume
