@@ -16,8 +16,7 @@ class KVCache:
     def __init__(self, num_layers: int, batch_size: int, num_kv_heads: int, head_dim: int,
                  max_length: int, dtype: torch.dtype = torch.float32, device=None):
         shape = (num_layers, batch_size, num_kv_heads, max_length, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self._set(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         self.cross: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * num_layers
         self.length = 0
 
@@ -27,6 +26,10 @@ class KVCache:
         return cls(config.num_layers, batch_size, config.num_kv_heads, config.head_dim,
                    max_length, dtype=param.dtype if param.is_floating_point() else torch.float32,
                    device=param.device)
+
+    def _set(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys, self.values = keys, values
+        self._layers = [(keys[i], values[i]) for i in range(keys.shape[0])]  # per-layer views, made once
 
     @property
     def max_length(self) -> int:
@@ -38,12 +41,13 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, Hkv, T, D) after the filled part; return all (B, Hkv, S, D)."""
-        end = self.length + k.shape[2]
-        if end > self.max_length:
-            raise ValueError(f"KV cache holds {self.max_length} positions; this step needs {end}")
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        start, T = self.length, k.shape[2]
+        if start + T > self.max_length:
+            raise ValueError(f"KV cache holds {self.max_length} positions; this step needs {start + T}")
+        keys, values = self._layers[layer]                      # (B, Hkv, max_length, D)
+        keys.narrow(2, start, T).copy_(k)
+        values.narrow(2, start, T).copy_(v)
+        return keys.narrow(2, 0, start + T), values.narrow(2, 0, start + T)
 
     def advance(self, steps: int) -> None:
         """Called by the model once all layers have written a step."""
@@ -51,7 +55,6 @@ class KVCache:
 
     def select(self, index: torch.Tensor) -> None:
         """Keep / reorder batch rows (beam search reordering, dropping finished rows)."""
-        self.keys = self.keys.index_select(1, index)
-        self.values = self.values.index_select(1, index)
+        self._set(self.keys.index_select(1, index), self.values.index_select(1, index))
         self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
                       for kv in self.cross]

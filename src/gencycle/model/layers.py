@@ -58,17 +58,24 @@ class Rotary(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_ids (B, T) -> cos, sin each (B, 1, T, D)."""
+        """position_ids (B, T) -> cos, signed_sin each (B, 1, T, D).
+
+        signed_sin is sin with its first half negated, which lets `apply_rotary` use a roll
+        instead of slicing, negating and concatenating (fewer ops per layer when decoding).
+        """
         freqs = position_ids[..., None].float() * self.inv_freq  # (B, T, D/2)
+        sin = freqs.sin()
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]          # (B, 1, T, D)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        signed_sin = torch.cat((-sin, sin), dim=-1)[:, None]
+        return emb.cos().to(dtype), signed_sin.to(dtype)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x_i, x_{i+D/2}) by the position's angle. x: (B, H, T, D)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x_i, x_{i+D/2}) by the position's angle. x: (B, H, T, D).
+
+    Hugging Face writes it x * cos + cat(-x2, x1) * sin; cat(-x2, x1) * sin = roll(x) * signed_sin.
+    """
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class RelativePositionBias(nn.Module):
@@ -103,8 +110,89 @@ class RelativePositionBias(nn.Module):
         return bias.permute(2, 0, 1)[None]
 
 
+# ---------------------------------------------------------------- fused projections
+class FusedLinears:
+    """nn.Linear layers that read the same input, stored as row blocks of one weight (q|k|v, gate|up).
+
+    Each layer keeps its own Parameter, so state_dict names, LoRA, optimizers and the Hugging Face
+    round trip see no change: only the Parameter's storage becomes a view of the shared tensor
+    (no extra memory). Inference then runs one matmul instead of several. `usable(layers)` says
+    whether the layers are still plain, hook-free nn.Linear over that storage; after LoRA wraps a
+    layer, a weight is re-assigned, or the module is deep-copied, callers run the layers one by one.
+    This is deliberately not a registered module: it adds nothing to state_dict or parameters().
+    """
+
+    def __init__(self, layers: list[nn.Linear]):
+        with torch.no_grad():
+            self.weight = torch.cat([layer.weight for layer in layers])                # (sum N, K)
+            self.bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+            self.sizes = [layer.out_features for layer in layers]
+            for layer, w, b in zip(layers, self.weight.split(self.sizes), self._bias_parts()):
+                layer.weight.data = w
+                if b is not None:
+                    layer.bias.data = b
+        self.pointers = self._pointers(layers)
+
+    def _bias_parts(self):
+        return self.bias.split(self.sizes) if self.bias is not None else [None] * len(self.sizes)
+
+    @staticmethod
+    def _pointers(layers) -> tuple:
+        return tuple((layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
+                     if type(layer) is nn.Linear else None for layer in layers)
+
+    def __deepcopy__(self, memo):
+        return None  # a deep copy's parameters get their own storage: it runs unfused until fused again
+
+    @classmethod
+    def of(cls, layers: list) -> "FusedLinears | None":
+        """Fuse the layers, or None when they are not plain nn.Linear with matching bias / dtype / device."""
+        if not all(type(layer) is nn.Linear for layer in layers):
+            return None
+        first = layers[0].weight
+        if any(l.weight.dtype != first.dtype or l.weight.device != first.device or l.weight.is_meta
+               or (l.bias is None) != (layers[0].bias is None) for l in layers):
+            return None
+        return cls(layers)
+
+    def usable(self, layers) -> bool:
+        return (not torch.is_grad_enabled()
+                and all(type(l) is nn.Linear and not l._forward_hooks and not l._forward_pre_hooks for l in layers)
+                and self._pointers(layers) == self.pointers)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+class FusableMixin:
+    """Keeps a module's FusedLinears valid across `.to(dtype/device)`, which gives every
+    parameter new storage: the layers are fused again afterwards."""
+
+    _fused: FusedLinears | None = None
+
+    def fusable_layers(self) -> list:
+        raise NotImplementedError
+
+    def fuse(self) -> None:
+        layers = self.fusable_layers()
+        self._fused = FusedLinears.of(layers) if len(layers) > 1 else None
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        fused = self._fused
+        if fused is not None and fused.pointers != FusedLinears._pointers(self.fusable_layers()):
+            self.fuse()
+        return module
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        layers = self.fusable_layers()
+        if self._fused is not None and self._fused.usable(layers):
+            return self._fused(x)
+        return tuple(layer(x) for layer in layers)
+
+
 # ---------------------------------------------------------------- attention
-class Attention(nn.Module):
+class Attention(FusableMixin, nn.Module):
     """Multi-head (grouped-query) attention; self-attention or cross-attention.
 
     Runs through `F.scaled_dot_product_attention`, or computes the weights
@@ -118,6 +206,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, Hkv * D, bias=config.qkv_bias)
         self.v_proj = nn.Linear(C, Hkv * D, bias=config.qkv_bias)
         self.o_proj = nn.Linear(H * D, C, bias=config.attn_out_bias)
+        self.qkv_proj: nn.Module | None = None  # set by quantization: q|k|v as one QuantizedLinear
         self.num_heads, self.num_kv_heads, self.head_dim = H, Hkv, D
         self.scale = D ** -0.5 if config.scale_attention else 1.0
         self.layer_index, self.cross = layer_index, cross
@@ -126,6 +215,16 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor, n: int) -> torch.Tensor:
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
+
+    def fusable_layers(self) -> list:
+        return [] if self.cross or self.q_proj is None else [self.q_proj, self.k_proj, self.v_proj]
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, T, C) -> q (B, T, H*D), k, v (B, T, Hkv*D): one matmul when fused."""
+        if self.qkv_proj is not None:
+            D = self.head_dim
+            return self.qkv_proj(x).split([self.num_heads * D, self.num_kv_heads * D, self.num_kv_heads * D], -1)
+        return self.project(x)
 
     def forward(
         self,
@@ -138,8 +237,8 @@ class Attention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, _ = x.shape
-        q = self._heads(self.q_proj(x), self.num_heads)
         if self.cross:
+            q = self._heads(self.q_proj(x), self.num_heads)
             cached = cache.cross[self.layer_index] if cache is not None else None
             if cached is None:
                 k = self._heads(self.k_proj(memory), self.num_kv_heads)
@@ -149,8 +248,8 @@ class Attention(nn.Module):
             else:
                 k, v = cached
         else:
-            k = self._heads(self.k_proj(x), self.num_kv_heads)
-            v = self._heads(self.v_proj(x), self.num_kv_heads)
+            q, k, v = self._qkv(x)
+            q, k, v = self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(v, self.num_kv_heads)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
             if cache is not None:
@@ -187,7 +286,7 @@ ACT = {
 }
 
 
-class FeedForward(nn.Module):
+class FeedForward(FusableMixin, nn.Module):
     """Position-wise MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU, gated-GELU)."""
 
     def __init__(self, config: ModelConfig):
@@ -196,12 +295,20 @@ class FeedForward(nn.Module):
         self.gate_proj = nn.Linear(C, F_, bias=config.mlp_bias) if config.gated_mlp else None
         self.up_proj = nn.Linear(C, F_, bias=config.mlp_bias)
         self.down_proj = nn.Linear(F_, C, bias=config.mlp_bias)
+        self.gate_up_proj: nn.Module | None = None  # set by quantization: gate|up as one QuantizedLinear
         self.act = ACT[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
+    def fusable_layers(self) -> list:
+        return [] if self.gate_proj is None else [self.gate_proj, self.up_proj]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_proj is not None:
-            h = self.act(self.gate_proj(x)) * self.up_proj(x)
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            h = self.act(gate) * up
+        elif self.gate_proj is not None:
+            gate, up = self.project(x)
+            h = self.act(gate) * up
         else:
             h = self.act(self.up_proj(x))
         return self.down_proj(self.dropout(h))

@@ -17,7 +17,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
-from .layers import ACT, Block, RelativePositionBias, Rotary, make_norm, sinusoidal_table
+from .layers import ACT, Block, FusableMixin, RelativePositionBias, Rotary, make_norm, sinusoidal_table
 
 
 @dataclass
@@ -92,6 +92,15 @@ class Transformer(nn.Module):
         if self.lm_head is not None and self.config.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
+    def fuse_projections(self) -> "Transformer":
+        """Store q|k|v and gate|up weights as row blocks of one tensor each, so inference runs one
+        matmul per block instead of two or three. Parameters, names and training are unchanged
+        (see `layers.FusedLinears`); `load_model` calls this. Returns the model."""
+        for module in self.modules():
+            if isinstance(module, FusableMixin):
+                module.fuse()
+        return self
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameters counted once each (a tied matrix is one parameter)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -141,6 +150,9 @@ class Transformer(nn.Module):
                 return None, False
             if past == 0:
                 return None, True  # let SDPA apply its own causal mask
+        if bias is None and length == 1:  # one new token sees every past one: padding is all there is to mask
+            padding = attention_mask[:, None, None, :S] == 0                          # (B, 1, 1, S)
+            return torch.zeros(padding.shape, dtype=dtype, device=device).masked_fill(padding, torch.finfo(dtype).min), False
         allowed = torch.ones(1, 1, length, S, dtype=torch.bool, device=device)
         if stack.causal:
             query = torch.arange(past, S, device=device)[:, None]
@@ -262,6 +274,9 @@ class Transformer(nn.Module):
     # ------------------------------------------------------------ files
     def save_pretrained(self, directory: str | Path, safe_serialization: bool = True) -> Path:
         """Write the Hugging Face layout (config.json + model.safetensors) for this family."""
+        if getattr(self, "quantization", None):
+            raise ValueError(f"this model holds {self.quantization} weights for inference; the Hugging Face layout "
+                             "needs the original ones: save the model before quantizing it")
         from ..checkpoints import save_pretrained
         return save_pretrained(self, directory, safe_serialization=safe_serialization)
 
