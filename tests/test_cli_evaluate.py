@@ -22,8 +22,9 @@ def data(tmp_path_factory):
 def test_prompt_prints_the_prompt_and_completion(model, data, capsys):
     assert main(["prompt", model, "--data", data, "--shots", "2", "--index", "1", "--max-new-tokens", "5"]) == 0
     out = capsys.readouterr().out
-    expected = FewShotBuilder.from_templates("dialogsum", records(["t1", "t2", "t3"])).build(records(["t5"])[0], 2).text
-    assert "<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n" in out
+    prompt = FewShotBuilder.from_templates("dialogsum", records(["t1", "t2", "t3"])).build(records(["t5"])[0], 0).text
+    assert "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n" in out  # the query, last
+    assert "<|im_start|>assistant\n#Person2# says it is sunny.<|im_end|>" in out  # the 2nd example's answer
     assert "===== completion (greedy) =====" in out
     assert out.rstrip().endswith(records(["t5"])[0]["summary"])  # the human reference comes last
 
@@ -33,7 +34,7 @@ def test_prompt_plain_and_random(model, data, capsys):
                  "--max-new-tokens", "3", "--config", "sample:temperature=0.7"]) == 0
     out = capsys.readouterr().out
     assert "<|im_start|>" not in out.split("===== completion")[0]
-    assert "Summary: " in out and out.count("Summarize the following conversation.") == 2
+    assert "Summary: #Person" in out and out.count("Summarize the following conversation.") == 2
 
 
 def test_evaluate_writes_the_report(model, data, tmp_path, capsys):

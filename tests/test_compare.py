@@ -7,7 +7,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from gencycle.evaluation.compare import (
-    Variant, compare, first_paragraph, make_variants, parse_config, write_results,
+    PromptMaker, Variant, compare, first_paragraph, make_variants, parse_config, write_results,
 )
 from gencycle.evaluation.metrics import split_sentences
 from gencycle.generation import LLM, GenerationConfig
@@ -72,8 +72,7 @@ def test_runner_scores_equal_direct_library_calls(llm, tmp_path):
     # Greedy outputs are what one un-batched call per prompt gives, in the examples' order.
     builder = FewShotBuilder.from_templates("dialogsum", pool)
     for result, shots in ((results[0], 0), (results[2], 1)):
-        alone = [first_paragraph(llm.chat([{"role": "user", "content": builder.build(r, shots).text}],
-                                          max_new_tokens=12)) for r in tests]
+        alone = [first_paragraph(llm.chat(_turns(builder, r, shots), max_new_tokens=12)) for r in tests]
         assert result.predictions == alone
         assert result.settings["shots"] == shots and result.settings["chat_template"]
     plain = [first_paragraph(llm.generate(builder.build(r, 1).text, max_new_tokens=12)) for r in tests]
@@ -90,9 +89,28 @@ def test_runner_scores_equal_direct_library_calls(llm, tmp_path):
     assert paths["html"].exists() and paths["chart"].exists()
 
 
-def test_chat_prompt_is_the_rendered_template(llm):
-    text = FewShotBuilder.from_templates("dialogsum", records(["t1"])).build(records(["t4"])[0], 1).text
-    assert render_chat(llm.tokenizer, text) == llm.format_chat([{"role": "user", "content": text}])
+def _turns(builder, record, shots):
+    """A k-shot chat prompt written out by hand: each solved example is a user turn and an assistant turn."""
+    messages = []
+    for example in builder.build(record, shots).examples_used:
+        messages += [{"role": "user", "content": f"Summarize the following conversation.\n\n{example['dialogue']}"
+                                                 f"\n\nSummary:"},
+                     {"role": "assistant", "content": example["summary"]}]
+    return messages + [{"role": "user", "content": builder.build(record, 0).text}]
+
+
+def test_chat_prompts_are_conversations(llm):
+    maker = PromptMaker(llm, records(["t1", "t2", "t3"]))
+    query = records(["t4"])[0]
+    text, messages = maker.build(query, 0)
+    assert maker.rendered(query, 0, chat=True) == render_chat(llm.tokenizer, text)
+    text, messages = maker.build(query, 2)
+    assert text == FewShotBuilder.from_templates("dialogsum", records(["t1", "t2"])).build(query, 2).text
+    assert messages == _turns(FewShotBuilder.from_templates("dialogsum", records(["t1", "t2"])), query, 2)
+    rendered = maker.rendered(query, 2, chat=True)
+    assert rendered.count("<|im_start|>assistant\n") == 3 and rendered.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>assistant\n#Person2# likes pizza with cheese.<|im_end|>" in rendered
+    assert maker.rendered(query, 2, chat=False) == text
 
 
 def test_errors(llm):

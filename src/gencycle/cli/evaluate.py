@@ -83,20 +83,31 @@ def _embed_fn(args):
     return SentenceEncoder().encode
 
 
+def _load(args):
+    """The LLM; a model without a chat template gets plain prompts (with a note)."""
+    import sys
+
+    from ..generation import LLM
+    llm = LLM.load(args.model, dtype=args.dtype, device=args.device)
+    if not args.plain and not llm.tokenizer.chat_template:
+        print(f"note: {args.model} has no chat template; sending plain prompts", file=sys.stderr)
+        args.plain = True
+    return llm
+
+
 def run_prompt(args) -> None:
     from ..evaluation.compare import PromptMaker, complete, first_paragraph, parse_config
-    from ..generation import LLM
     config = parse_config(args.config).replace(max_new_tokens=args.max_new_tokens)
     examples, pool = _data(args)
     if not 0 <= args.index < len(examples):
         raise ValueError(f"--index {args.index} is out of range: the {args.split} split has {len(examples)} examples")
     example = examples[args.index]
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device)
+    llm = _load(args)
     maker = PromptMaker(llm, pool, args.task, args.select, _embed_fn(args), args.max_new_tokens, args.seed)
-    text = maker.text(example, args.shots)
+    text, messages = maker.build(example, args.shots)
     print(f"===== prompt ({args.shots}-shot, {args.select}, {'plain' if args.plain else 'chat template'}) =====")
-    print(maker.rendered(text, chat=not args.plain))
-    completion = complete(llm, [text], config, chat=not args.plain, seed=args.seed, progress=False)[0]
+    print(text if args.plain else llm.format_chat(messages))
+    completion = complete(llm, [text if args.plain else messages], config, seed=args.seed, progress=False)[0]
     print(f"===== completion ({args.config}) =====")
     print(completion.strip())
     if first_paragraph(completion) != completion.strip():
@@ -108,15 +119,15 @@ def run_prompt(args) -> None:
 def run_evaluate(args) -> None:
     from ..evaluation.compare import compare, make_variants, write_results
     from ..evaluation.report import scores_section
-    from ..generation import LLM
-    variants = make_variants(_shots(args.shots), args.config or ["greedy"], args.select, not args.plain,
-                             args.max_new_tokens)  # bad specs fail here, before the model loads
+    specs = args.config or ["greedy"]
+    make_variants(_shots(args.shots), specs)  # bad specs fail here, before the model loads
     examples, pool = _data(args)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         examples = examples[:args.limit]
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device)
+    llm = _load(args)
+    variants = make_variants(_shots(args.shots), specs, args.select, not args.plain, args.max_new_tokens)
     results = compare(llm, examples, variants, pool, args.task, embed_fn=_embed_fn(args),
                       batch_size=args.batch_size, seed=args.seed)
     paths = write_results(args.out, results, examples,
