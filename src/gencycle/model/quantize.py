@@ -130,7 +130,7 @@ class QuantizedLinear(nn.Module):
         return aten._weight_int4pack_mm_for_cpu(x, self.weight_int4, self.group_size, self.scales_and_zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16))
+        y = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous())  # (M, N)
         if self.bias is not None:
             y = y + self.bias
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
