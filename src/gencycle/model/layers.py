@@ -26,10 +26,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        fp32 = x.dtype == torch.float32  # skip two no-op conversions (each an op call when decoding)
+        h = x if fp32 else x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * (h if fp32 else h.to(x.dtype))
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -286,6 +286,11 @@ ACT = {
 }
 
 
+def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """`module(x)` when training; at inference, no call at all (saves a module call per use)."""
+    return module(x) if module.training and module.p > 0 else x
+
+
 class FeedForward(FusableMixin, nn.Module):
     """Position-wise MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU, gated-GELU)."""
 
@@ -303,15 +308,16 @@ class FeedForward(FusableMixin, nn.Module):
         return [] if self.gate_proj is None else [self.gate_proj, self.up_proj]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = self.act.forward  # the function itself: one module call less per layer
         if self.gate_up_proj is not None:
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-            h = self.act(gate) * up
+            h = act(gate) * up
         elif self.gate_proj is not None:
             gate, up = self.project(x)
-            h = self.act(gate) * up
+            h = act(gate) * up
         else:
-            h = self.act(self.up_proj(x))
-        return self.down_proj(self.dropout(h))
+            h = act(self.up_proj(x))
+        return self.down_proj(dropout(self.dropout, h))
 
 
 # ---------------------------------------------------------------- block
@@ -335,9 +341,9 @@ class Block(nn.Module):
     def _residual(self, x, norm, fn):
         if self.pre_norm:
             out, weights = fn(norm(x))
-            return x + self.dropout(out), weights
+            return x + dropout(self.dropout, out), weights
         out, weights = fn(x)
-        return norm(x + self.dropout(out)), weights
+        return norm(x + dropout(self.dropout, out)), weights
 
     def forward(self, x, mask, is_causal=False, rotary=None, cache=None,
                 memory=None, memory_mask=None, need_weights=False):

@@ -130,10 +130,13 @@ class QuantizedLinear(nn.Module):
         return aten._weight_int4pack_mm_for_cpu(x, self.weight_int4, self.group_size, self.scales_and_zeros)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._matmul(x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous())  # (M, N)
+        x2 = x.reshape(-1, self.in_features)                                  # (M, K)
+        x2 = x2.to(torch.bfloat16) if x2.dtype != torch.bfloat16 else x2
+        y = self._matmul(x2 if x2.is_contiguous() else x2.contiguous())        # (M, N)
         if self.bias is not None:
             y = y + self.bias
-        return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y.to(x.dtype) if x.dtype != torch.bfloat16 else y
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.bits == 4 else ""
