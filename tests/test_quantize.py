@@ -155,14 +155,14 @@ def test_strict_int4_names_the_layer_it_cannot_take():
         quantize_model(model, "int4-g32", strict=True)
 
 
-def test_default_group_size_picks_what_fits():
+def test_default_group_size_is_32_and_the_head_may_fall_back():
     model = tiny_llama(hidden_size=96, num_heads=4, num_kv_heads=2, vocab_size=250)
     with pytest.warns(UserWarning, match=r"lm_head \(out_features 250 is not a multiple of 16\)"):
         quantized = quantize_model(model, "int4")
     layer = quantized.decoder.layers[0]
-    assert layer.self_attn.qkv_proj.group_size == 32   # 96 = 3 x 32
-    assert layer.mlp.down_proj.group_size == 64        # 192 = 3 x 64
+    assert layer.self_attn.qkv_proj.group_size == 32 and layer.mlp.down_proj.group_size == 32
     assert quantized.lm_head.bits == 8
+    assert quantized.quantization == "int4 (group size 32)"
 
 
 def test_lora_layers_must_be_merged_first():

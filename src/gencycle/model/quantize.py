@@ -19,7 +19,7 @@ embedding stays in bf16 for lookups: the tie is dropped, which costs the size of
 copy in memory and halves (int8) or quarters (int4) the bytes read per token for the head.
 `quantize_head=False` keeps the head as it is.
 
-int4 needs in_features divisible by the group size (32, 64, 128 or 256) and out_features by 16
+int4 needs in_features divisible by the group size (32 by default; 64, 128, 256) and out_features by 16
 (CPU) or 8 (CUDA). A layer that does not fit falls back to int8 with a warning, or raises
 ValueError when `strict=True`. A quantized model is for inference only: it cannot be trained
 or saved in the Hugging Face layout (save the model before quantizing it).
@@ -35,7 +35,7 @@ from torch import nn
 from .layers import Attention, FeedForward
 
 GROUP_SIZES = (32, 64, 128, 256)
-DEFAULT_GROUP_SIZE = 128
+DEFAULT_GROUP_SIZE = 32  # as GGUF's Q4_0 / Q4_1 blocks; see quantize_model
 aten = torch.ops.aten
 
 
@@ -148,18 +148,16 @@ class _Quantizer:
     """Turns float weights into QuantizedLinear layers, remembering which ones fell back to int8."""
 
     def __init__(self, bits: int, group_size: int | None, strict: bool):
-        self.bits, self.group_size, self.strict = bits, group_size, strict
+        self.bits, self.group_size, self.strict = bits, group_size or DEFAULT_GROUP_SIZE, strict
         self.fallbacks: list[str] = []
 
     def __call__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> QuantizedLinear:
         if self.bits == 8:
             return QuantizedLinear(weight, bias, 8)
         N, K = weight.shape
-        sizes = [self.group_size] if self.group_size else [g for g in (128, 64, 32)]
-        for group_size in sizes:
-            if int4_problem(N, K, group_size, weight.device) is None:
-                return QuantizedLinear(weight, bias, 4, group_size)
-        problem = int4_problem(N, K, sizes[-1], weight.device)
+        problem = int4_problem(N, K, self.group_size, weight.device)
+        if problem is None:
+            return QuantizedLinear(weight, bias, 4, self.group_size)
         if self.strict:
             raise ValueError(f"int4 cannot quantize {name} ({N} x {K}): {problem}; "
                              "pick another group_size, or strict=False to fall back to int8 for such layers")
@@ -182,9 +180,11 @@ def quantize_model(model, mode: str = "int8", group_size: int | None = None, str
                    quantize_head: bool = True):
     """Swap the model's Linear layers for QuantizedLinear in place; returns the model (in eval mode).
 
-    mode: "int8", "int4" or "int4-g<size>". group_size (int4): 32, 64, 128 or 256; by default the
-    largest of 128, 64, 32 that divides each layer's in_features. strict: raise instead of falling
-    back to int8 for a layer int4 cannot take.
+    mode: "int8", "int4" or "int4-g<size>". group_size (int4): 32 (the default), 64, 128 or 256.
+    32 costs 1 bit per weight more than 128 (a bf16 scale and zero per group) and is much more
+    accurate; on SmolLM2, whose weights come from a Q4_1 file (groups of 32), it reproduces the
+    file's 4-bit grid, where 64 and 128 quadruple the logit error (benchmarks/RESULTS.md).
+    strict: raise instead of falling back to int8 for a layer int4 cannot take.
     """
     if getattr(model, "quantization", None):
         raise ValueError(f"the model is already quantized ({model.quantization})")
@@ -216,7 +216,7 @@ def quantize_model(model, mode: str = "int8", group_size: int | None = None, str
         warnings.warn(f"int4 does not fit {len(quantize.fallbacks)} layer(s), quantized to int8 instead: "
                       + "; ".join(quantize.fallbacks[:4]) + (" ..." if len(quantize.fallbacks) > 4 else ""),
                       stacklevel=2)
-    model.quantization = f"int{bits}" if bits == 8 else f"int4 (group size {group_size or 'auto'})"
+    model.quantization = "int8" if bits == 8 else f"int4 (group size {quantize.group_size})"
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
