@@ -124,7 +124,7 @@ class Trainer:
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
-                                           fused=self.dist.device.type == "cuda" or None)
+                                           fused=self._fused(params))
         self.sampler = EpochSampler(len(train_data), config.batch_size, config.seed, config.shuffle,
                                     self.dist.rank, self.dist.world_size)
         steps_per_epoch = max(1, len(self.sampler) // config.grad_accum)
@@ -133,6 +133,14 @@ class Trainer:
         self.autocast_dtype = self._autocast_dtype()
         self.step, self.history, self.tokens_seen = 0, [], 0
         self.out_dir = Path(config.out_dir) if config.out_dir else None
+
+    def _fused(self, params) -> bool | None:
+        """The fused AdamW kernel (one pass over each tensor) where it exists: CUDA, and CPU for fp32/bf16."""
+        if self.strategy == "fsdp":
+            return None  # sharded (DTensor) parameters take the default implementation
+        device = self.dist.device.type
+        ok = device == "cuda" or (device == "cpu" and all(p.dtype in (torch.float32, torch.bfloat16) for p in params))
+        return True if ok else None
 
     def _autocast_dtype(self) -> torch.dtype | None:
         precision, device = self.config.precision, self.dist.device

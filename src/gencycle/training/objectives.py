@@ -31,9 +31,9 @@ def seq2seq_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _mean_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean NLL over the scored targets (0, not NaN, when a batch has none). logits (B, T, V)."""
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
-                          ignore_index=IGNORE_INDEX, reduction="sum")
-    return nll / (targets != IGNORE_INDEX).sum().clamp(min=1)
+    scored = targets != IGNORE_INDEX                     # (B, T)
+    nll = F.cross_entropy(logits[scored].float(), targets[scored], reduction="sum")  # (N, V) rows only
+    return nll / scored.sum().clamp(min=1)
 
 
 def lm_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -44,8 +44,20 @@ def lm_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     if "decoder_input_ids" in batch:
         out = model(batch["input_ids"], batch["attention_mask"], decoder_input_ids=batch["decoder_input_ids"])
         return seq2seq_loss(out.logits, batch["labels"])
-    out = model(batch["input_ids"], batch["attention_mask"])
-    return causal_lm_loss(out.logits, batch["labels"])
+    labels = batch["labels"]
+    keep = logits_needed(labels)
+    out = model(batch["input_ids"], batch["attention_mask"], logits_to_keep=keep if keep < labels.shape[1] else 0)
+    return causal_lm_loss(out.logits, labels[:, -keep:])
+
+
+def logits_needed(labels: torch.Tensor) -> int:
+    """How many final positions need logits: from the one that predicts the first scored label on.
+
+    Prompts come first, so a fine-tuning batch skips the output head (hidden x vocabulary, the
+    largest matrix of a small model) and its softmax on most prompt positions. labels (B, T).
+    """
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(0).nonzero()  # position j predicts label j + 1
+    return labels.shape[1] - int(scored[0]) if scored.numel() else 1
 
 
 def scored_tokens(batch: dict[str, torch.Tensor]) -> int:

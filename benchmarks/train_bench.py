@@ -1,0 +1,162 @@
+"""Training throughput and memory: gencycle vs `transformers` (+ `peft`), full and LoRA fine-tuning.
+
+Same model folder (SmolLM2-135M in the HF layout), same batches (the shipped dialogue-summary
+train split through the "dialogsum" template, cut to `seq_len` tokens, loss on the summary
+only), same optimizer (AdamW, clipping at 1.0), same LoRA (rank 8, alpha 16, q/k/v/o).
+gencycle runs its real `Trainer.train_step`; the reference runs a bare loop
+(forward with labels, backward, clip, AdamW step): the reference at its fastest.
+
+Each (library, method) runs in its own process, so peak memory is that run's alone:
+process RSS sampled during the timed steps on CPU, CUDA max allocated on a GPU.
+
+    python -m benchmarks.train_bench [--model smollm2|tiny] [--batch 4] [--seq-len 128] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+LORA = dict(rank=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
+RUNS = [("gencycle", "full"), ("transformers", "full"), ("gencycle", "lora"), ("transformers", "lora")]
+
+
+def model_folder(name: str) -> Path:
+    from .common import _TMP, smollm2_folder
+    if name == "smollm2":
+        return smollm2_folder()
+    folder = _TMP / "tiny-llama"
+    if not (folder / "config.json").exists():
+        import gencycle
+        torch.manual_seed(0)
+        model = gencycle.Transformer(gencycle.preset("tiny-llama", vocab_size=49152, eos_token_id=2))
+        model.save_pretrained(folder)
+    return folder
+
+
+def examples(batch: int, seq_len: int, steps: int):
+    """(steps + 1) * batch dialogue-summary examples, each cut to at most seq_len tokens."""
+    import warnings
+    import gencycle
+    from gencycle.training import load_pairs, tokenize
+    pairs = load_pairs("shipped", "train")[:batch * (steps + 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # most dialogues are cut to seq_len: expected here
+        return tokenize(pairs, gencycle.load_tokenizer("smollm2-135m-instruct"), "decoder", max_length=seq_len)
+
+
+def _gencycle_step(folder, method, data, batch, device):
+    import gencycle
+    from gencycle.training import TrainConfig, Trainer, collator_for
+    model = gencycle.load_model(folder, device=device)
+    if method == "lora":
+        from gencycle.adapters import apply_lora
+        apply_lora(model, rank=LORA["rank"], alpha=LORA["alpha"], dropout=0.0, target_modules=LORA["targets"])
+    config = TrainConfig(max_steps=len(data) // batch, batch_size=batch, lr=1e-5, shuffle=False, progress=False,
+                         strategy="none")
+    trainer = Trainer(model, config, data, collate_fn=collator_for(model.config), device=device)
+    return lambda: trainer.train_step()["loss"]
+
+
+def _transformers_step(folder, method, data, batch, device):
+    import transformers
+    from gencycle.training import Collator
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).to(device).train()
+    if method == "lora":
+        import peft
+        model = peft.get_peft_model(model, peft.LoraConfig(r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
+                                                           target_modules=LORA["targets"]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device == "cuda" or None)
+    collate = Collator(pad_token_id=model.config.eos_token_id if model.config.pad_token_id is None
+                       else model.config.pad_token_id)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    position = {"i": 0}
+
+    def step():
+        i = position["i"]
+        position["i"] += 1
+        inputs = {k: v.to(device) for k, v in collate(data[i * batch:(i + 1) * batch]).items()}
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+    return step
+
+
+def run_one(library: str, method: str, folder: Path, batch: int, seq_len: int, steps: int) -> dict:
+    """One warm-up step, then `steps` timed steps; best tokens/s (load from other processes only
+    ever adds time), peak memory, first loss."""
+    from gencycle.training import MemoryMonitor
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = examples(batch, seq_len, steps)
+    make = _gencycle_step if library == "gencycle" else _transformers_step
+    step = make(folder, method, data, batch, device)
+    monitor = MemoryMonitor(device).start()
+    first_loss = step()                                     # warm-up (allocates grads, optimizer state)
+    rates = []
+    for i in range(1, steps + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        rates.append(sum(len(e) for e in data[i * batch:(i + 1) * batch]) / (time.perf_counter() - start))
+    peak = monitor.stop()
+    return {"library": library, "method": method, "tokens_per_s": max(rates), "peak_mib": peak / 2**20,
+            "memory": monitor.kind, "first_loss": first_loss, "device": device}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the four (library, method) pairs, each in its own process; print the table and ratios."""
+    from .common import machine, table
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--one", nargs=3, metavar=("LIBRARY", "METHOD", "FOLDER"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        library, method, folder = args.one
+        print(json.dumps(run_one(library, method, Path(folder), args.batch, args.seq_len, args.steps)))
+        return {}
+    folder = model_folder(args.model)  # converted once, before the measured processes
+    results = {}
+    for library, method in RUNS:
+        command = [sys.executable, "-m", "benchmarks.train_bench", "--one", library, method, str(folder),
+                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        if done.returncode != 0:
+            raise RuntimeError(f"{library} {method} failed:\n{done.stderr[-3000:]}")
+        results[(library, method)] = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = [[r["library"], r["method"], r["tokens_per_s"], r["peak_mib"], r["first_loss"]] for r in results.values()]
+    some = next(iter(results.values()))
+    print(f"\n## Training: {args.model}, batch {args.batch} x {args.seq_len} tokens, {args.steps} timed steps, "
+          f"{some['device']} ({machine()})\n")
+    print(table(["library", "method", "tokens/s", f"peak MiB ({some['memory']})", "first-step loss"], rows))
+    ratios = {f"tokens/s gencycle / transformers, {m}": results[("gencycle", m)]["tokens_per_s"]
+              / results[("transformers", m)]["tokens_per_s"] for m in ("full", "lora")}
+    for library in ("gencycle", "transformers"):
+        ratios[f"peak memory LoRA / full, {library}"] = (results[(library, "lora")]["peak_mib"]
+                                                         / results[(library, "full")]["peak_mib"])
+    print()
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    return {"results": list(results.values()), "ratios": ratios}
+
+
+if __name__ == "__main__":
+    main()
