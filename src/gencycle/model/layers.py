@@ -216,6 +216,19 @@ class Attention(FusableMixin, nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, D)
 
+    def _one_query_attention(self, q, k, v, mask):
+        """Attention of one new token per row (decoding) as plain matmuls: for bf16 on CPU this is
+        several times faster than SDPA's fused kernel, which is built for long queries.
+        q: (B, H, 1, D); k, v: (B, Hkv, S, D); mask: (B|1, H|1, 1, S) or None -> (B, H, 1, D)."""
+        B, H, _, D = q.shape
+        Hkv, S = k.shape[1], k.shape[2]
+        q = q.reshape(B, Hkv, H // Hkv, D)                      # query heads grouped by kv head
+        scores = (q @ k.transpose(-2, -1)) * self.scale          # (B, Hkv, H/Hkv, S)
+        if mask is not None:
+            scores = scores + (mask if mask.shape[1] == 1 else mask.reshape(mask.shape[0], Hkv, H // Hkv, S))
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return (weights @ v).reshape(B, H, 1, D)
+
     def fusable_layers(self) -> list:
         return [] if self.cross or self.q_proj is None else [self.q_proj, self.k_proj, self.v_proj]
 
@@ -268,6 +281,8 @@ class Attention(FusableMixin, nn.Module):
                                             torch.finfo(scores.dtype).min)
             weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
             out = weights @ v
+        elif T == 1 and q.dtype != torch.float32 and not self.training:
+            out = self._one_query_attention(q, k, v, mask)
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal and mask is None, scale=self.scale,

@@ -1,5 +1,6 @@
-"""Fused q|k|v and gate|up projections (layers.FusedLinears): one matmul at inference, with the
-parameters, their names, training, LoRA and the Hugging Face round trip unchanged."""
+"""Inference speed-ups in the model: fused q|k|v and gate|up projections (layers.FusedLinears: one
+matmul at inference, with the parameters, their names, training, LoRA and the Hugging Face round
+trip unchanged), and the one-query attention path used when decoding in bf16."""
 
 import copy
 
@@ -91,3 +92,17 @@ def test_dtype_change_refuses_and_lora_falls_back():
         attention = fused.decoder.layers[0].self_attn
         assert attention._fused.usable([attention.q_proj, attention.k_proj, attention.v_proj])
         torch.testing.assert_close(fused(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_one_query_attention_equals_sdpa():
+    """Decoding in bf16 takes plain matmuls instead of SDPA's kernel: same numbers (GQA, padding, T5 bias)."""
+    from gencycle.model.layers import Attention
+    config = gencycle.preset("tiny-llama")
+    attention = Attention(config, 0).eval()
+    B, H, Hkv, S, D = 3, config.num_heads, config.num_kv_heads, 11, config.head_dim
+    q, k, v = torch.randn(B, H, 1, D), torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
+    padding = torch.zeros(B, 1, 1, S).masked_fill(torch.rand(B, 1, 1, S) < 0.3, -1e9)
+    for mask in (None, padding, torch.randn(1, H, 1, S)):
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=attention.scale, enable_gqa=True)
+        torch.testing.assert_close(attention._one_query_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-5)
