@@ -137,6 +137,19 @@ def test_causal_lm_loss_scores_completion_tokens_only():
     assert causal_lm_loss(logits, torch.full((1, 4), IGNORE_INDEX)).item() == 0.0
 
 
+def test_lm_step_computes_logits_only_where_labels_are_and_matches_the_full_loss():
+    from gencycle.adapters import apply_prompt_tuning
+    from gencycle.training import Collator, Example, lm_step
+    from gencycle.training.objectives import logits_needed
+    # right padding, prompts of different lengths: label 2 of row 2 is the first, so logits from position 1 on
+    batch = Collator(pad_token_id=0)([Example([3, 4, 5, 6, 7, 1], [-100, -100, -100, 6, 7, 1]),
+                                      Example([3, 4, 8, 1], [-100, -100, 8, 1])])
+    assert logits_needed(batch["labels"]) == 5
+    for model in (tiny_decoder(), apply_prompt_tuning(tiny_decoder(), 3)):
+        full = causal_lm_loss(model(batch["input_ids"], batch["attention_mask"]).logits, batch["labels"])
+        torch.testing.assert_close(lm_step(model, batch), full)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(batch_size=0), "batch_size"), (dict(lr=-1.0), "lr"), (dict(schedule="step"), "unknown schedule"),
     (dict(precision="fp8"), "unknown precision"), (dict(strategy="tp"), "unknown strategy"),
