@@ -25,7 +25,7 @@ def test_tour_writes_the_report_and_takes_new_sections(tmp_path, monkeypatch):
     titles = [line for line in report.splitlines() if line.startswith("## ")]
     assert titles == ["## 1. Select: the model", "## 2. How a dialogue is tokenized", "## 3. Inside the model: attention",
                       "## 4. Prompt engineering: zero, one and few shots", "## 5. Evaluate: ROUGE over 2 test dialogues",
-                      "## Human reference vs. each variant (first test dialogues)", "## 6. Fine-tune", "## Run"]
+                      "## Human reference vs. each variant", "## 6. Fine-tune", "## Run"]
     assert len(seen["results"]) == 6 and all(len(r.predictions) == 2 for r in seen["results"])
     assert "| 3-shot, sample:temperature=0.7,top_p=0.9 |" in report
     assert "data:image/png;base64," in paths["html"].read_text()

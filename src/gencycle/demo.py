@@ -13,6 +13,7 @@ order. Later lifecycle stages add theirs with `add_section` (see `FINE_TUNING_HO
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -31,9 +32,10 @@ from gencycle.inspection import attention_maps, format_card, model_card, plot_at
 
 SHOTS = (0, 1, 3)
 CONFIGS = ("greedy", "sample:temperature=0.7,top_p=0.9")
-EXAMPLES = 12            # test dialogues scored per variant: fits 10 minutes on 2 CPU cores
+EXAMPLES = 10            # test dialogues scored per variant: fits 10 minutes on 2 CPU cores
 MAX_NEW_TOKENS = 80      # the human summaries are 60 tokens on average, 100 at most
-BATCH_SIZE = 6
+BATCH_SIZE = 12          # one batch per variant: fewest decoding steps
+SHOWCASE = 3             # the test dialogue shown in sections 2-4 (about superpowers)
 ATTENTION_HEADS = 4      # heads drawn, of the middle layer
 
 
@@ -51,8 +53,12 @@ class Tour:
 
     @property
     def dialogue(self) -> DialogueExample:
-        """The test dialogue the single-example sections show."""
-        return self.test[0]
+        """The test dialogue the single-example sections show (one of the scored ones)."""
+        return self.test[self.showcase]
+
+    @property
+    def showcase(self) -> int:
+        return min(SHOWCASE, self.examples - 1, len(self.test) - 1)
 
     def comparison(self) -> list[VariantResult]:
         """Run the {shots} x {configs} comparison once (it is the long step); later calls reuse it."""
@@ -77,17 +83,20 @@ def model_section(tour: Tour) -> Section:
     return Section("1. Select: the model", text=text, code=format_card(model_card(tour.llm.model)))
 
 
-def tokenization_section(tour: Tour, shown: int = 40) -> Section:
+def tokenization_section(tour: Tour, shown: int = 16) -> Section:
     tok, example = tour.llm.tokenizer, tour.dialogue
     ids = tok.encode(example.dialogue)
-    rows = [[str(i), str(token_id), repr(tok.decode([token_id]))] for i, token_id in enumerate(ids[:shown])]
+    pieces = [tok.decode([token_id]) for token_id in ids]
+    rows = [[str(i), str(token_id), repr(piece)] for i, (token_id, piece) in enumerate(zip(ids[:shown], pieces))]
+    split = "|".join(pieces)
     chat = tok.apply_chat_template([{"role": "user", "content": example.dialogue}])
     text = (f"Test dialogue `{example.id}` ({len(example.dialogue)} characters) is {len(ids)} tokens of the "
             f"byte-level BPE vocabulary of {len(tok):,} entries: {len(example.dialogue) / len(ids):.1f} "
-            f"characters per token. The first {min(shown, len(ids))} are below (a leading space belongs to "
-            f"the token that follows it). Wrapped in the ChatML chat template as a user message it is "
+            f"characters per token. Below: the dialogue, the same text with `|` between its tokens, and "
+            f"the ids of the first {min(shown, len(ids))} tokens (a leading space belongs to the token that "
+            f"follows it). Wrapped in the ChatML chat template as a user message it is "
             f"{len(tok.encode(chat, add_special_tokens=False))} tokens.")
-    return Section("2. How a dialogue is tokenized", text=text, code=example.dialogue,
+    return Section("2. How a dialogue is tokenized", text=text, code=f"{example.dialogue}\n\n{split}",
                    tables=[Table(["position", "id", "token"], rows)])
 
 
@@ -109,7 +118,7 @@ def attention_section(tour: Tour) -> Section:
 def shots_section(tour: Tour) -> Section:
     results, example = tour.comparison(), tour.dialogue
     greedy = [r for r in results if r.settings["config"] == "greedy"]
-    rows = [["human reference", example.summary]] + [[f"{r.settings['shots']}-shot", r.predictions[0]]
+    rows = [["human reference", example.summary]] + [[f"{r.settings['shots']}-shot", r.predictions[tour.showcase]]
                                                       for r in greedy]
     maker = PromptMaker(tour.llm, tour.train, max_new_tokens=MAX_NEW_TOKENS)
     one_shot = maker.rendered(example, 1, chat=True)
@@ -135,8 +144,11 @@ def rouge_section(tour: Tour) -> list[Section]:
                    f"temperature 0.7, top-p 0.9, seeded. ROUGE is an F-measure in [0, 1] from `rouge-score` "
                    f"(stemmed), BLEU and chrF in [0, 100] from `sacrebleu`. With this few examples, "
                    f"differences of a few points are noise.\n\n" + scores.text)
-    side = side_by_side_section([e.summary for e in examples], results, [e.id for e in examples], count=2,
-                                title="Human reference vs. each variant (first test dialogues)")
+    shown = slice(tour.showcase, tour.showcase + 2)  # the showcase dialogue and the next one
+    side = side_by_side_section([e.summary for e in examples[shown]],
+                                [dataclasses.replace(r, predictions=r.predictions[shown]) for r in results],
+                                [e.id for e in examples[shown]], count=2,
+                                title="Human reference vs. each variant")
     return [scores, side]
 
 
@@ -188,7 +200,7 @@ def _timing_section(tour: Tour) -> Section:
     import torch
     rows = [[name, f"{seconds:.1f}"] for name, seconds in tour.timings.items()]
     text = (f"Wall time of each step on this machine ({os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
-            f"threads).")
+            f"threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}).")
     return Section("Run", text=text, tables=[Table(["step", "seconds"], rows)])
 
 
