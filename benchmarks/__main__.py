@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def main() -> None:
 
     start = time.time()
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0]
     parts = [f"Machine: {machine()}."]
     if args.only in (None, "speed"):
         parts.append("## Speed: gencycle vs transformers (same process, same weights, greedy, "
@@ -37,7 +39,9 @@ def main() -> None:
                      + speed.main(repeat=args.repeat, new_tokens=args.new_tokens, batches=tuple(args.batches)))
     if args.only in (None, "quality"):
         parts.append("## Quality of the quantized weights\n\n" + quality.main())
-    parts.append(f"Total benchmark time: {(time.time() - start) / 60:.1f} min.")
+    parts.append(f"Total benchmark time: {(time.time() - start) / 60:.1f} min. Load average (1 min) at the start: "
+                 f"{load_before:.1f}, at the end: {os.getloadavg()[0]:.1f} (other processes share the cores: "
+                 "above the core count, every figure here is slowed down).")
     report = "\n\n".join(parts)
     print("\n" + report)
     if args.markdown:
