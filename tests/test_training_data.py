@@ -109,3 +109,15 @@ def test_packing_fills_rows_with_whole_examples():
     rows = pack(examples, max_length=7)
     assert [len(r) for r in rows] == [7, 7]                 # 3+4, 2+5: never split
     assert rows[1].labels == [2] * 7
+
+
+def test_chat_template_pairs_end_with_the_end_of_turn_token():
+    import gencycle
+    from gencycle.training import chat_pairs
+    tok = gencycle.load_tokenizer("smollm2-135m-instruct")
+    [pair] = chat_pairs([Pair("Summarize: hi", " Hello.")], tok)
+    assert pair.prompt.endswith("<|im_start|>user\nSummarize: hi<|im_end|>\n<|im_start|>assistant\n")
+    [example] = tokenize([pair], tok, add_special_tokens=False)
+    assert tok.decode(example.input_ids).endswith("<|im_start|>assistant\nHello.<|im_end|>")
+    scored = [t for t in example.labels if t != IGNORE_INDEX]
+    assert tok.decode(scored) == "Hello.<|im_end|>"

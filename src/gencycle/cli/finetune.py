@@ -16,6 +16,7 @@ HELP = {
     "method": "what to train: every parameter, LoRA adapters, or a soft prompt",
     "out": "run folder: checkpoints, metrics, loss curve, report.json, the model or adapter",
     "template": "prompt template name (default: chosen by the records' fields)",
+    "chat_template": "send each prompt as a user turn through the model's chat template (instruct models)",
     "target": "LoRA target modules: names (q_proj v_proj), groups (attention, mlp, all-linear)",
     "general_text": "text file (paragraphs split by blank lines) for the forgetting check: perplexity before/after",
     "resume": "continue from the newest checkpoint in --out",

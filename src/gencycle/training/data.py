@@ -153,12 +153,13 @@ def load_pairs(data, split: str | None = None, template: str | PromptTemplate | 
 
 # ------------------------------------------------------------------ tokenizing
 def tokenize(pairs: list[Pair], tokenizer, architecture: str = "decoder", max_length: int = 512,
-             eos_token_id: int | None = None) -> list[Example]:
+             eos_token_id: int | None = None, add_special_tokens: bool = True) -> list[Example]:
     """Token ids with labels; EOS ends every completion so the model learns to stop.
 
     Decoder: input_ids = prompt + completion + EOS, labels -100 on the prompt. A pair
     longer than `max_length` loses the start of its prompt (the end, next to the answer,
     is kept). Encoder-decoder: input_ids = prompt (cut to max_length), labels = completion + EOS.
+    add_special_tokens=False for prompts that already hold them (chat-templated text).
     """
     if not pairs:
         raise DataError("the dataset is empty (no records)")
@@ -172,7 +173,7 @@ def tokenize(pairs: list[Pair], tokenizer, architecture: str = "decoder", max_le
         completion = (completion + [eos])[:max_length]
         if completion[-1] != eos:
             completion[-1] = eos
-        prompt = tokenizer.encode(pair.prompt, add_special_tokens=True)
+        prompt = tokenizer.encode(pair.prompt, add_special_tokens=add_special_tokens)
         if architecture == "encoder-decoder":
             cut += len(prompt) > max_length
             examples.append(Example(prompt[:max_length], completion))
@@ -185,6 +186,13 @@ def tokenize(pairs: list[Pair], tokenizer, architecture: str = "decoder", max_le
     if cut:
         warnings.warn(f"{cut} of {len(pairs)} examples were longer than max_length={max_length} and were cut")
     return examples
+
+
+def chat_pairs(pairs: list[Pair], tokenizer) -> list[Pair]:
+    """Each prompt as a user turn through the tokenizer's chat template (instruct models); the
+    completion is the assistant's reply, and the template's end-of-turn token is the EOS."""
+    return [Pair(tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], add_generation_prompt=True),
+                 p.completion.strip()) for p in pairs]
 
 
 def pack(examples: list[Example], max_length: int) -> list[Example]:

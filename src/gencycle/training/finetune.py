@@ -19,7 +19,7 @@ from typing import Literal, Sequence
 import torch
 
 from . import distributed
-from .data import collator_for, load_pairs, pack, tokenize
+from .data import chat_pairs, collator_for, load_pairs, pack, tokenize
 from .loop import TrainConfig, Trainer, seed_everything
 from .report import MemoryMonitor, ParameterCount, count_parameters
 
@@ -119,6 +119,7 @@ def finetune(
     out: str | Path | None = "runs/finetune",
     tokenizer=None,
     template: str | None = None,
+    chat_template: bool = False,
     eval_data: str | Path | Sequence[dict] | None = None,
     test_data: str | Path | Sequence[dict] | None = None,
     general_text: str | Path | Sequence[str] | None = None,
@@ -157,7 +158,8 @@ def finetune(
     data: a .jsonl / .csv file, a folder of train / validation / test splits, "shipped", or a list of
     records (instruction/input/output, prompt/completion, or dialogue/summary). From a folder, the
     validation split gives the eval loss and the test split the ROUGE before / after, unless
-    eval_data / test_data say otherwise. lr defaults by method (full 5e-5, LoRA 2e-4, soft prompt 3e-2).
+    eval_data / test_data say otherwise. chat_template=True sends each prompt as a user turn
+    through the tokenizer's chat template (instruct models). lr defaults by method (full 5e-5, LoRA 2e-4, soft prompt 3e-2).
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -186,11 +188,15 @@ def finetune(
     train_pairs = load_pairs(data, "train" if is_folder else None, template)
     eval_pairs = load_pairs(eval_data, template=template) if eval_data is not None else _split(data, "validation")
     test_pairs = load_pairs(test_data, template=template) if test_data is not None else _split(data, "test")
-    examples = tokenize(train_pairs, tokenizer, arch, max_length)
+    test_pairs = (test_pairs or [])[:rouge_examples]
+    if chat_template:
+        train_pairs, eval_pairs, test_pairs = (chat_pairs(p, tokenizer) if p else p
+                                               for p in (train_pairs, eval_pairs, test_pairs))
+    examples = tokenize(train_pairs, tokenizer, arch, max_length, add_special_tokens=not chat_template)
     if packing and arch == "decoder":
         examples = pack(examples, max_length)
-    eval_examples = tokenize(eval_pairs, tokenizer, arch, max_length) if eval_pairs else None
-    test_pairs = (test_pairs or [])[:rouge_examples]
+    eval_examples = (tokenize(eval_pairs, tokenizer, arch, max_length, add_special_tokens=not chat_template)
+                     if eval_pairs else None)
     general = _load_texts(general_text) if general_text is not None else None
 
     from gencycle.evaluation import perplexity, rouge
