@@ -42,7 +42,7 @@ def load_gencycle(folder, mode: str):
     if mode in DTYPE:
         return gencycle.load_model(folder, dtype=DTYPE[mode], device="cpu")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # int4 -> int8 fallbacks are reported in the table
+        warnings.simplefilter("ignore")  # int4 -> int8 fallbacks (GPT-2 head: 50257 rows, not a multiple of 16)
         return gencycle.load_model(folder, device="cpu", quantize=mode)
 
 
