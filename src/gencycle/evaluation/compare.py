@@ -19,8 +19,8 @@ of summarizing it (3-shot ROUGE-1 0.19, against 0.24 as turns, on 8 test dialogu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
