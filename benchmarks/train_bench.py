@@ -6,10 +6,11 @@ only), same optimizer (AdamW, clipping at 1.0), same LoRA (rank 8, alpha 16, q/k
 gencycle runs its real `Trainer.train_step`; the reference runs a bare loop
 (forward with labels, backward, clip, AdamW step): the reference at its fastest.
 
-Each (library, method) runs in its own process, so peak memory is that run's alone:
-process RSS sampled during the timed steps on CPU, CUDA max allocated on a GPU.
+Speed: both libraries in one process, their steps alternating; the best step counts.
+Memory: each (library, method) in its own process, so the peak is that run's alone:
+process RSS sampled during two steps on CPU, CUDA max allocated on a GPU.
 
-    python -m benchmarks.train_bench [--model smollm2|tiny] [--batch 4] [--seq-len 128] [--steps 3]
+    python -m benchmarks.train_bench [--model smollm2|tiny] [--batch 4] [--seq-len 128] [--steps 4]
 """
 
 from __future__ import annotations
@@ -94,57 +95,79 @@ def _transformers_step(folder, method, data, batch, device):
     return step
 
 
-def run_one(library: str, method: str, folder: Path, batch: int, seq_len: int, steps: int) -> dict:
-    """One warm-up step, then `steps` timed steps; best tokens/s (load from other processes only
-    ever adds time), peak memory, first loss."""
-    from gencycle.training import MemoryMonitor
+def _rate(step, tokens: int, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return tokens / (time.perf_counter() - start)
+
+
+def speed(method: str, folder: Path, batch: int, seq_len: int, steps: int) -> dict[str, dict]:
+    """Both libraries in this process, their steps alternating, so that load from other processes
+    falls on both alike; the best step counts (such load only ever adds time)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = examples(batch, seq_len, steps)
+    runs = {"gencycle": _gencycle_step(folder, method, data, batch, device),
+            "transformers": _transformers_step(folder, method, data, batch, device)}
+    first = {library: step() for library, step in runs.items()}     # warm-up; the same batch for both
+    rates = {library: [] for library in runs}
+    for i in range(1, steps + 1):
+        tokens = sum(len(e) for e in data[i * batch:(i + 1) * batch])
+        for library, step in runs.items():
+            rates[library].append(_rate(step, tokens, device))
+    return {library: {"tokens_per_s": max(rates[library]), "first_loss": first[library], "device": device}
+            for library in runs}
+
+
+def memory(library: str, method: str, folder: Path, batch: int, seq_len: int) -> dict:
+    """Peak memory of two training steps (the first allocates gradients and optimizer state),
+    in a process of its own so that no other run's memory counts."""
+    from gencycle.training import MemoryMonitor
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = examples(batch, seq_len, 1)
     make = _gencycle_step if library == "gencycle" else _transformers_step
     step = make(folder, method, data, batch, device)
     monitor = MemoryMonitor(device).start()
-    first_loss = step()                                     # warm-up (allocates grads, optimizer state)
-    rates = []
-    for i in range(1, steps + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        rates.append(sum(len(e) for e in data[i * batch:(i + 1) * batch]) / (time.perf_counter() - start))
-    peak = monitor.stop()
-    return {"library": library, "method": method, "tokens_per_s": max(rates), "peak_mib": peak / 2**20,
-            "memory": monitor.kind, "first_loss": first_loss, "device": device}
+    step()
+    step()
+    return {"peak_mib": monitor.stop() / 2**20, "memory": monitor.kind}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Run the four (library, method) pairs, each in its own process; print the table and ratios."""
+    """Speed of both libraries (alternating in one process), then the peak memory of each
+    (library, method) in its own process; prints the table and the ratios."""
     from .common import machine, table
     parser = argparse.ArgumentParser(prog="python -m benchmarks.train_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--one", nargs=3, metavar=("LIBRARY", "METHOD", "FOLDER"), help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--memory-of", nargs=3, metavar=("LIBRARY", "METHOD", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one:
-        library, method, folder = args.one
-        print(json.dumps(run_one(library, method, Path(folder), args.batch, args.seq_len, args.steps)))
+    if args.memory_of:
+        library, method, folder = args.memory_of
+        print(json.dumps(memory(library, method, Path(folder), args.batch, args.seq_len)))
         return {}
-    folder = model_folder(args.model)  # converted once, before the measured processes
+    folder = model_folder(args.model)  # converted once, before anything is measured
     results = {}
+    for method in ("full", "lora"):
+        for library, result in speed(method, folder, args.batch, args.seq_len, args.steps).items():
+            results[(library, method)] = {"library": library, "method": method, **result}
     for library, method in RUNS:
-        command = [sys.executable, "-m", "benchmarks.train_bench", "--one", library, method, str(folder),
-                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
+        command = [sys.executable, "-m", "benchmarks.train_bench", "--memory-of", library, method, str(folder),
+                   "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
         done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
         if done.returncode != 0:
             raise RuntimeError(f"{library} {method} failed:\n{done.stderr[-3000:]}")
-        results[(library, method)] = json.loads(done.stdout.strip().splitlines()[-1])
-    rows = [[r["library"], r["method"], r["tokens_per_s"], r["peak_mib"], r["first_loss"]] for r in results.values()]
+        results[(library, method)].update(json.loads(done.stdout.strip().splitlines()[-1]))
+    rows = [[r["library"], r["method"], r["tokens_per_s"], r["peak_mib"], r["first_loss"]]
+            for r in (results[key] for key in RUNS)]
     some = next(iter(results.values()))
-    print(f"\n## Training: {args.model}, batch {args.batch} x {args.seq_len} tokens, {args.steps} timed steps, "
+    print(f"\n## Training: {args.model}, batch {args.batch} x {args.seq_len} tokens, best of {args.steps} steps, "
           f"{some['device']} ({machine()})\n")
     print(table(["library", "method", "tokens/s", f"peak MiB ({some['memory']})", "first-step loss"], rows))
     ratios = {f"tokens/s gencycle / transformers, {m}": results[("gencycle", m)]["tokens_per_s"]
