@@ -12,7 +12,7 @@ import sys
 
 import torch
 from tokenizers import Tokenizer as Backend
-from tokenizers import models
+from tokenizers import decoders, models
 
 from gencycle import ModelConfig, Transformer
 from gencycle.checkpoints import t5
@@ -27,6 +27,7 @@ def char_tokenizer() -> Tokenizer:
     """One token per character of LETTERS + " ><=", no merges."""
     vocab = {t: i for i, t in enumerate(SPECIALS + list(LETTERS + " ><="))}
     backend = Backend(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    backend.decoder = decoders.Fuse()  # ids -> the characters, joined
     return Tokenizer(backend, {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>"})
 
 
