@@ -52,7 +52,7 @@ def test_csv_and_jsonl_files(tmp_path):
     ("", "empty"),
     ('{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', "record 2 has no 'output' field"),
     ('{"instruction": "a", "output": ""}\n', "record 1 has no 'output' field"),
-    ('{"prompt": "a", "completion": "b"}\nnot json\n', "line 2: bad JSON"),
+    ('{"prompt": "a", "completion": "b"}\nnot json\n', "row 2: bad JSON"),
     ('{"text": "a"}\n', "expected instruction/output, prompt/completion or dialogue/summary"),
 ])
 def test_bad_data_gets_a_clear_error(tmp_path, content, message):

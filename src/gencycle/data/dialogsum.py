@@ -14,10 +14,10 @@ record number, header not counted) and the column.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import read_rows
 
 # The dataset shipped with the project (dialogues from chitchat-dataset, summaries
 # written for gencycle; see its data card). Found at the repository root, which
@@ -90,22 +90,7 @@ def split_file(folder: Path, split: str | None) -> Path:
 
 
 def _read_file(path: Path) -> list[DialogueExample]:
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for line in filter(str.strip, f):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DialogSumFormatError(f"{path}: row {len(rows) + 1}: bad JSON line ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise DialogSumFormatError(f"{path}: row {len(rows) + 1}: expected a JSON object")
-                rows.append(record)
-    else:
-        raise ValueError(f"{str(path)!r}: expected a .csv or .jsonl file")
+    rows = read_rows(path, DialogSumFormatError)
     return [_example(path, number, row) for number, row in enumerate(rows, start=1)]
 
 

@@ -16,14 +16,13 @@ processes, and remembers how far it got, so a resumed run sees the same batches.
 
 from __future__ import annotations
 
-import csv
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from gencycle.data.files import read_rows
 from gencycle.prompting.templates import PromptTemplate, template as named_template
 
 IGNORE_INDEX = -100  # label of a token that is not scored (prompt, padding)
@@ -64,24 +63,7 @@ def read_records(path: str | Path, split: str | None = None) -> list[dict]:
         path = split_file(path, split or "train")
     if not path.exists():
         raise FileNotFoundError(f"no data file at {str(path)!r}")
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
-    elif path.suffix in (".jsonl", ".json"):
-        records = []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {number}: bad JSON ({e.msg})") from None
-                if not isinstance(record, dict):
-                    raise DataError(f"{path}: line {number}: expected a JSON object, got {type(record).__name__}")
-                records.append(record)
-    else:
-        raise DataError(f"{str(path)!r}: expected a .jsonl or .csv file")
+    records = read_rows(path, DataError)
     if not records:
         raise DataError(f"{path}: the dataset is empty (no records)")
     return records
