@@ -52,9 +52,11 @@ def continue_greedily(model, prompts: torch.Tensor, new_tokens: int) -> torch.Te
     return out[:, prompts.shape[1]:]
 
 
-def main(modes=MODES, max_tokens: int = 512, prompts: int = 8, prompt_length: int = 64, new_tokens: int = 32) -> str:
+def main(modes=MODES, max_texts: int = 55, max_tokens: int = 512, prompts: int = 8, prompt_length: int = 64,
+         new_tokens: int = 32) -> str:
     tokenizer = gencycle.load_tokenizer(SMOLLM2)
-    texts = [torch.tensor(tokenizer.encode(t, add_special_tokens=False)[:max_tokens]) for t in dialogue_text("test")]
+    texts = [torch.tensor(tokenizer.encode(t, add_special_tokens=False)[:max_tokens])
+             for t in dialogue_text("test")[:max_texts]]
     texts = [t for t in texts if t.numel() > 1]
     starts = torch.stack([t[:prompt_length] for t in texts if t.numel() >= prompt_length][:prompts])
     results = {}
