@@ -25,8 +25,10 @@ test: $(BIN)/.installed
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m ''
 
+# generation speed + quantization quality, then fine-tuning speed and memory (full and LoRA)
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.train_bench
 
 # llama.cpp on the same GGUF file: builds llama-cpp-python from source (about 10 minutes on 2 cores)
 bench-peers: $(BIN)/.installed
