@@ -243,13 +243,7 @@ def test_merge_command_writes_hf_model(tmp_path):
 
 
 # ------------------------------------------------------------------ training
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is fastest, and shared CI machines stay responsive."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread is fastest
 
 
 def copy_task(n: int, seed: int, length: int = 12):

@@ -15,7 +15,8 @@ from gencycle.adapters import PromptTuningModel, apply_prompt_tuning, load_adapt
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
-from test_lora import V, hf_tiny, lm_loss, one_thread, tiny_decoder, train  # noqa: E402,F401  (shared helpers)
+from test_lora import V, hf_tiny, lm_loss, tiny_decoder, train  # noqa: E402,F401  (shared helpers)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny matrices: one thread is fastest
 
 N = 5  # virtual tokens
 

@@ -25,13 +25,7 @@ def _trainer(model, tmp_path=None, train=None, eval_data=None, **config):
                    collate_fn=collator_for(model.config))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (learning to lower the eval loss, full / LoRA / prompt tuning: tests/test_training_finetune.py)

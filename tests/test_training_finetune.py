@@ -12,13 +12,7 @@ from gencycle.training import TrainConfig, Trainer, collator_for, to_pairs, toke
 from gencycle.training.finetune import finetune
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: one thread is faster, and much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 LR = {tiny_decoder: 1e-2, tiny_t5: 3e-3}  # full fine-tuning / pretraining of the tiny models
