@@ -32,6 +32,11 @@ class ModelOutput:
     cache: KVCache | None = None
 
 
+def _last(hidden: torch.Tensor, n: int) -> torch.Tensor:
+    """The last n positions of (B, T, C), contiguous so the head runs one plain matmul (0 = all)."""
+    return hidden[:, -n:].contiguous() if n else hidden
+
+
 class Stack(nn.Module):
     """A tower of blocks with its final norm (and T5's relative position bias)."""
 
@@ -243,7 +248,7 @@ class Transformer(nn.Module):
         if cfg.architecture == "decoder":
             h, attentions, _ = self.decode(input_ids, attention_mask, position_ids, inputs_embeds, cache,
                                            return_attentions=return_attentions)
-            logits = self.head(h[:, -logits_to_keep:] if logits_to_keep else h)
+            logits = self.head(_last(h, logits_to_keep))
             return ModelOutput(logits, h, attentions, cache=cache)
 
         # encoder-decoder
@@ -257,7 +262,7 @@ class Transformer(nn.Module):
         h, attentions, cross = self.decode(decoder_input_ids, decoder_attention_mask, cache=cache,
                                            memory=encoder_hidden_states, memory_attention_mask=attention_mask,
                                            return_attentions=return_attentions)
-        logits = self.head(h[:, -logits_to_keep:] if logits_to_keep else h)
+        logits = self.head(_last(h, logits_to_keep))
         return ModelOutput(logits, h, attentions, encoder_attentions, cross, encoder_hidden_states, cache=cache)
 
     # ------------------------------------------------------------ generation (gencycle.generation)
