@@ -66,3 +66,18 @@ def test_split_on_a_single_file_is_an_error():
 def test_shipped_data_is_found_at_the_repository_root():
     assert SHIPPED_DIR == Path(__file__).resolve().parents[1] / "data" / "chitchat-dialogsum"
     assert SHIPPED_DIR.is_dir()
+
+
+def test_shipped_dataset_counts_no_empty_or_duplicate_summaries_no_overlap():
+    from gencycle.data.dialogsum import load_shipped
+    splits = {name: load_shipped(name) for name in ("train", "validation", "test")}
+    assert {name: len(rows) for name, rows in splits.items()} == {"train": 220, "validation": 55, "test": 55}
+    everything = [row for rows in splits.values() for row in rows]
+    summaries = [row.summary.strip() for row in everything]
+    assert all(summaries) and all(row.dialogue.strip() for row in everything)
+    assert len(set(summaries)) == len(summaries)
+    dialogues = {name: {row.dialogue for row in rows} for name, rows in splits.items()}
+    assert not dialogues["train"] & dialogues["validation"]
+    assert not dialogues["train"] & dialogues["test"]
+    assert not dialogues["validation"] & dialogues["test"]
+    assert len({row.id for row in everything}) == 330
