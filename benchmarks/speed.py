@@ -11,8 +11,10 @@ load from other processes on the machine disturbs both sides alike.
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -53,7 +55,10 @@ def load_hf(folder, mode: str):
 
 
 @torch.inference_mode()
-def time_gencycle(model, ids, new_tokens: int, repeat: int):
+def time_gencycle(model, ids, new_tokens: int, repeat: int, compiled=None):
+    """compiled: the model's CompiledStep for the compiled runs, None for eager ones."""
+    model.compiled_decoding = compiled
+
     def prefill():
         return model(ids, cache=model.new_cache(ids.shape[0], ids.shape[1] + 1), logits_to_keep=1)
 
@@ -84,6 +89,8 @@ def run_model(name: str, folder, prompts: torch.Tensor, batches, new_tokens: int
     hf = {mode: load_hf(folder, mode) for mode in hf_modes}
     ours = {mode: load_gencycle(folder, mode) for mode in gencycle_modes}
     facts["weight_bytes"] = {mode: weight_bytes_per_token(model) for mode, model in ours.items()}
+    compiled = {mode: gencycle.compile_decoding(model).compiled_decoding for mode, model in ours.items()}
+    facts["compile_seconds"] = {}
     warm = prompts[:1, :16]
     for model in ours.values():
         time_gencycle(model, warm, 4, 1)
@@ -92,8 +99,14 @@ def run_model(name: str, folder, prompts: torch.Tensor, batches, new_tokens: int
     for batch in batches:
         ids = prompts[:batch]
         T = ids.shape[1]
+        for mode, model in ours.items():  # the first compiled call per shape compiles (cached on disk after)
+            start = time.perf_counter()
+            time_gencycle(model, ids, 2, 1, compiled[mode])
+            facts["compile_seconds"][mode, batch] = time.perf_counter() - start
         jobs = [("transformers", mode, model, time_hf) for mode, model in hf.items()]
         jobs += [("gencycle", mode, model, time_gencycle) for mode, model in ours.items()]
+        jobs += [("gencycle compiled", mode, model, partial(time_gencycle, compiled=compiled[mode]))
+                 for mode, model in ours.items()]
         prefills, generates = {}, {}
         for _ in range(repeat):  # alternate the libraries; keep each one's fastest runs
             for library, mode, model, timer in jobs:
@@ -128,29 +141,35 @@ def report(runs: list[Run], facts: dict, bandwidth: float, batches) -> str:
     against = {"fp32": "fp32", "bf16": "bf16", "int8": "fp32", "int4": "fp32"}
     rows = []
     for model in dict.fromkeys(r.model for r in runs):
-        for mode, hf_mode in against.items():
-            for batch in batches:
-                ours, theirs = find(runs, model, "gencycle", mode, batch), find(runs, model, "transformers", hf_mode, batch)
-                if ours is None or theirs is None:
-                    continue
-                same = (ours.tokens == theirs.tokens).all(dim=1).sum().item()
-                rows.append([model, f"gencycle {mode} / transformers {hf_mode}", batch,
-                             f"{ours.decode / theirs.decode:.2f}x", f"{ours.prefill / theirs.prefill:.2f}x",
-                             f"{same}/{batch}"])
+        for library in ("gencycle", "gencycle compiled"):
+            for mode, hf_mode in against.items():
+                for batch in batches:
+                    ours = find(runs, model, library, mode, batch)
+                    theirs = find(runs, model, "transformers", hf_mode, batch)
+                    if ours is None or theirs is None:
+                        continue
+                    same = (ours.tokens == theirs.tokens).all(dim=1).sum().item()
+                    rows.append([model, f"{library} {mode} / transformers {hf_mode}", batch,
+                                 f"{ours.decode / theirs.decode:.2f}x", f"{ours.prefill / theirs.prefill:.2f}x",
+                                 f"{same}/{batch}"])
     out.append(table(["model", "decode speed ratio", "batch", "decode", "prefill", "same greedy tokens"], rows))
 
     rows = []
     for model, fact in facts.items():
         for mode, nbytes in fact["weight_bytes"].items():
-            ours = find(runs, model, "gencycle", mode, 1)
-            if ours is None:
+            eager, ours = find(runs, model, "gencycle", mode, 1), find(runs, model, "gencycle compiled", mode, 1)
+            if eager is None or ours is None:
                 continue
             bound = bandwidth / nbytes
-            rows.append([model, mode, f"{nbytes / 2**20:.0f} MiB", f"{bound:.1f}", f"{ours.decode:.1f}",
-                         f"{100 * ours.decode / bound:.0f}%"])
+            rows.append([model, mode, f"{nbytes / 2**20:.0f} MiB", f"{bound:.1f}", f"{eager.decode:.1f}",
+                         f"{100 * eager.decode / bound:.0f}%", f"{ours.decode:.1f}", f"{100 * ours.decode / bound:.0f}%"])
     out.append(f"Measured copy bandwidth: {bandwidth / 1e9:.1f} GB/s (bytes read + written per second).\n\n"
-               + table(["model", "weights", "bytes read per token", "bound tok/s", "gencycle tok/s (batch 1)",
-                        "fraction of bound"], rows))
+               + table(["model", "weights", "bytes read per token", "bound tok/s", "eager tok/s", "of bound",
+                        "compiled tok/s", "of bound"], rows))
+    compile_times = ", ".join(f"{model} {mode} batch {batch} {seconds:.0f} s" for model, fact in facts.items()
+                              for (mode, batch), seconds in fact["compile_seconds"].items())
+    out.append("First compiled call per shape (compiling, or loading the graph from torch's disk cache; "
+               f"includes a 2-token generate): {compile_times}.")
     return "\n\n".join(out)
 
 

@@ -1,7 +1,7 @@
 """gencycle: the generative-AI project lifecycle with transformer language models."""
 
 from .checkpoints import load_model, save_pretrained
-from .generation import LLM, GenerationConfig, TextStreamer
+from .generation import LLM, GenerationConfig, TextStreamer, compile_decoding
 from .model import KVCache, ModelConfig, ModelOutput, Transformer, preset
 
 __version__ = "0.1.0"
@@ -14,4 +14,4 @@ def load_tokenizer(path):
 
 
 __all__ = ["GenerationConfig", "KVCache", "LLM", "ModelConfig", "ModelOutput", "Transformer", "load_model", "load_tokenizer",
-           "TextStreamer", "preset", "save_pretrained"]
+           "TextStreamer", "compile_decoding", "preset", "save_pretrained"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .compiled import CompiledDecodeState
 from .config import GenerationConfig
 from .processors import process
 from .stopping import StopStrings
@@ -107,6 +108,14 @@ class DecodeState:
             self.memory_mask = self.memory_mask.index_select(0, index)
 
 
+def decode_state(model, input_ids, attention_mask, max_new_tokens: int):
+    """The state for a greedy / sampling loop: compiled steps when `compile_decoding(model)` was
+    called (gencycle.generation.compiled), otherwise eager."""
+    if getattr(model, "compiled_decoding", None) is not None and not torch.is_grad_enabled():
+        return CompiledDecodeState(model, input_ids, attention_mask, max_new_tokens)
+    return DecodeState(model, input_ids, attention_mask, max_new_tokens)
+
+
 def make_generator(config: GenerationConfig, device) -> torch.Generator | None:
     """A private random generator (re-entrant: no global RNG state), seeded by `config.seed`."""
     if config.greedy:
@@ -173,7 +182,7 @@ def generate(model, input_ids, attention_mask=None, config: GenerationConfig | N
     if n > 1:
         ids = ids.repeat_interleave(n, dim=0)
         mask = mask.repeat_interleave(n, dim=0) if mask is not None else None
-    state = DecodeState(model, ids, mask, config.max_new_tokens)
+    state = decode_state(model, ids, mask, config.max_new_tokens)
     start = state.start
     T = start.shape[1]
     out = torch.full((start.shape[0], T + config.max_new_tokens), config.pad_token_id, dtype=torch.long,

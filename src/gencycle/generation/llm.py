@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .compiled import compile_decoding
 from .config import FILE_NAME, GenerationConfig
 from .decoding import generate
 from .stopping import cut_at_eos, cut_at_stop
@@ -33,8 +34,10 @@ class LLM:
         self.generation_config = generation_config or GenerationConfig()
 
     @classmethod
-    def load(cls, name_or_path: str | Path | None = None, dtype=None, device=None, quantize: str | None = None) -> "LLM":
-        """Load a packaged model name (default: the embedded SmolLM2), an HF folder or a .gguf file."""
+    def load(cls, name_or_path: str | Path | None = None, dtype=None, device=None, quantize: str | None = None,
+             compile: bool = False) -> "LLM":
+        """Load a packaged model name (default: the embedded SmolLM2), an HF folder or a .gguf file.
+        compile: run greedy / sampling steps as compiled graphs (`compile_decoding`)."""
         from .. import assets
         from ..checkpoints import load_model
         from ..tokenizer import load_tokenizer
@@ -42,6 +45,8 @@ class LLM:
         name_or_path = assets.DEFAULT_MODEL if name_or_path is None else name_or_path
         extra = {} if quantize is None else {"quantize": quantize}
         model = load_model(name_or_path, dtype=dtype, device=device, **extra)
+        if compile:
+            compile_decoding(model)
         tokenizer = load_tokenizer(name_or_path)
         path = assets.resolve(name_or_path)
         config = GenerationConfig.from_pretrained(path) if (path / FILE_NAME).is_file() else None

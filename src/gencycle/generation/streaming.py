@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from .config import GenerationConfig
-from .decoding import DecodeState, make_generator, prepare_inputs, resolve_config, sample_steps
+from .decoding import decode_state, make_generator, prepare_inputs, resolve_config, sample_steps
 from .stopping import find_stop, partial_stop_length
 
 
@@ -86,7 +86,7 @@ def stream(model, input_ids, tokenizer, attention_mask=None, config: GenerationC
 def _deltas(model, ids, mask, tokenizer, config: GenerationConfig) -> Iterator[str]:
     streamer = TextStreamer(tokenizer, config.stop)
     eos = set(config.eos_token_ids)
-    steps = sample_steps(DecodeState(model, ids, mask, config.max_new_tokens), config,
+    steps = sample_steps(decode_state(model, ids, mask, config.max_new_tokens), config,
                          make_generator(config, ids.device))
     try:
         for _, tokens in steps:

@@ -58,3 +58,24 @@ class KVCache:
         self._set(self.keys.index_select(1, index), self.values.index_select(1, index))
         self.cross = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
                       for kv in self.cross]
+
+
+class StaticKVCache(KVCache):
+    """A KVCache whose one-token steps have fixed shapes, for a compiled decoding step.
+
+    While `position` is None it fills like KVCache (the prompt's prefill, any length). Once
+    `position` is a (1,) tensor, a step writes its keys/values at that slot and attention reads
+    all `max_length` slots, the caller masking the ones not filled yet: no shape changes from one
+    step to the next, so torch.compile builds one graph for every step (gencycle.generation.compiled).
+    Rows are left-padded, so every row writes the same slot.
+    """
+
+    position: torch.Tensor | None = None
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position is None:
+            return super().update(layer, k, v)
+        keys, values = self._layers[layer]                      # (B, Hkv, max_length, D)
+        keys.index_copy_(2, self.position, k)
+        values.index_copy_(2, self.position, v)
+        return keys, values

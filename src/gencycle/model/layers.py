@@ -158,7 +158,8 @@ class FusedLinears:
     def usable(self, layers) -> bool:
         return (not torch.is_grad_enabled()
                 and all(type(l) is nn.Linear and not l._forward_hooks and not l._forward_pre_hooks for l in layers)
-                and self._pointers(layers) == self.pointers)
+                # data_ptr cannot be traced: a compiled decoder checks the pointers before compiling
+                and (torch.compiler.is_compiling() or self._pointers(layers) == self.pointers))
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)

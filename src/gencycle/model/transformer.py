@@ -170,6 +170,10 @@ class Transformer(nn.Module):
     def _run(self, stack: Stack, x, attention_mask, past, cache=None, rotary=None,
              memory=None, memory_mask=None, need_weights=False):
         mask, is_causal = self._mask(stack, attention_mask, x.shape[1], past, x.dtype, x.device)
+        return self._blocks(stack, x, mask, is_causal, cache, rotary, memory, memory_mask, need_weights)
+
+    def _blocks(self, stack: Stack, x, mask, is_causal=False, cache=None, rotary=None,
+                memory=None, memory_mask=None, need_weights=False):
         weights, cross_weights = [], []
         for block in stack.layers:
             x, w, cw = block(x, mask, is_causal, rotary, cache, memory, memory_mask, need_weights)
@@ -211,6 +215,20 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(T)
         return h, weights, cross
+
+    def decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
+                    cache) -> torch.Tensor:
+        """One fixed-shape decoding step of a decoder-only model, the function that
+        `gencycle.generation.compiled` hands to torch.compile.
+
+        input_ids, position_ids: (B, 1); attention_bias: additive (B, 1, 1, S) over all S slots of
+        `cache`, a StaticKVCache whose `position` (the slot this step writes) is set.
+        Returns the next-token logits (B, V) in fp32. The cache's `length` is the caller's to advance.
+        """
+        x = self.embed(input_ids, position_ids)
+        rotary = self.rotary(position_ids, x.dtype) if self.rotary is not None else None
+        h, _, _ = self._blocks(self.decoder, x, attention_bias, cache=cache, rotary=rotary)
+        return self.head(h)[:, -1].float()
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Hidden states (B, T, C) -> logits over the vocabulary (B, T, V)."""

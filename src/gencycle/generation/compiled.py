@@ -1,0 +1,112 @@
+"""Compiled decoding: each one-token step of greedy / sampling generation as one compiled graph.
+
+    model = compile_decoding(load_model("smollm2-135m-instruct", quantize="int4"))
+    model.generate(ids, max_new_tokens=128)    # first call per (batch, size): compiles, ~10-40 s
+
+At batch 1 a small model's decoding step is a few hundred tiny kernels, and in eager PyTorch the
+Python and dispatch cost of launching them is as large as the matrix products themselves
+(benchmarks/RESULTS.md). Here the step `Transformer.decode_step` goes through `torch.compile`:
+
+- shapes are fixed: a StaticKVCache, attention over every slot with the unfilled ones masked,
+  positions as tensors; the cache size is rounded up to a power of two and each batch size
+  gets its own graph, so a handful of graphs serve every prompt (torch caches them on disk);
+- inductor's "freezing" makes the weights constants of the graph, which lets it pre-pack the
+  fp32 / bf16 matrices for its matrix-vector kernels (about 1.5x faster on CPU than the plain
+  layout) at the cost of a packed copy of them in memory. The graph therefore does not see
+  later changes to the weights: compile after training or merging adapters, not before.
+
+The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
+calls with gradients enabled decode eagerly. A finished row is not dropped from the compiled
+batch (that would change its shape); its results are just no longer read.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..model.cache import StaticKVCache
+from ..model.layers import FusableMixin
+
+MIN_SLOTS = 64
+
+
+def compile_decoding(model):
+    """Make `generate` / `stream` on this decoder-only model run compiled steps; returns the model."""
+    if model.config.architecture != "decoder":
+        raise ValueError(f"compiled decoding is for decoder-only models, not {model.config.architecture!r} ones")
+    model.eval()
+    with torch.no_grad():
+        for module in model.modules():  # the graph cannot check fused storage pointers: check them now
+            if isinstance(module, FusableMixin) and module._fused is not None \
+                    and not module._fused.usable(module.fusable_layers()):
+                module.fuse()
+    model.compiled_decoding = CompiledStep(model)
+    return model
+
+
+class CompiledStep:
+    """The model's compiled `decode_step`; torch keeps one graph per (batch size, cache slots)."""
+
+    def __init__(self, model):
+        # Guards on the weights of nn.Linear & co. would cost about 1 ms a step; they are frozen
+        # into the graph anyway. The model's own classes are still guarded, so two models never
+        # share a graph.
+        self.function = torch.compile(
+            model.decode_step, fullgraph=True, dynamic=False,
+            options={"guard_filter_fn": torch.compiler.skip_guard_on_inbuilt_nn_modules_unsafe})
+        self.lock = threading.Lock()
+
+    def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
+        # These settings must hold while torch traces, which any call may do (a new shape);
+        # options= would come too late. They are global, so calls take turns.
+        #   freezing: weights become constants (pre-packed fp32 / bf16 matmuls);
+        #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python.
+        from torch._inductor import config as inductor
+        with self.lock, inductor.patch(freezing=True, cpp_wrapper=True):
+            return self.function(ids, positions, bias, cache)
+
+
+def cache_slots(length: int) -> int:
+    """Cache size for `length` positions: the next power of two (at least MIN_SLOTS)."""
+    return max(MIN_SLOTS, 1 << (length - 1).bit_length())
+
+
+class CompiledDecodeState:
+    """DecodeState's interface (`state(ids)`, `select(index)`, start, padding) over a compiled step."""
+
+    def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int):
+        self.model, self.step = model, model.compiled_decoding
+        B, T = input_ids.shape
+        self.start = input_ids
+        self.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+        self.padding = None if self.mask is None else (self.mask != 0).int().argmax(dim=1)
+        self.cache = StaticKVCache.for_model(model, B, cache_slots(T + max_new_tokens))
+        self.valid = torch.zeros(B, self.cache.max_length, dtype=torch.bool, device=input_ids.device)
+        self.valid[:, :T] = True if self.mask is None else self.mask.bool()
+        # the next token's position: the number of real tokens so far in its row
+        self.positions = (self.valid.sum(dim=1, keepdim=True) if self.mask is not None
+                          else torch.full((B, 1), T, dtype=torch.long, device=input_ids.device))
+        self.rows = torch.arange(B, device=input_ids.device)   # rows of the batch still running
+        self.tokens = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        cache = self.cache
+        if cache.length == 0:  # the prompt: eager, any length
+            return self.model(ids, attention_mask=self.mask, cache=cache, logits_to_keep=1).logits[:, -1].float()
+        slot = cache.length
+        self.tokens[self.rows] = ids
+        self.valid[:, slot] = True
+        cache.position = torch.tensor([slot], device=ids.device)
+        dtype = self.model.dtype
+        bias = torch.zeros(self.valid.shape, dtype=dtype, device=ids.device).masked_fill_(
+            ~self.valid, torch.finfo(dtype).min)[:, None, None, :]
+        logits = self.step(self.tokens, self.positions, bias, cache)
+        cache.advance(1)
+        self.positions += 1
+        return logits[self.rows]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep a subset of the running rows (sample_steps drops finished ones): only bookkeeping."""
+        self.rows = self.rows[index]
