@@ -115,7 +115,8 @@ def test_int4_on_gaussian_weights_errs_as_4bit_rounding_predicts():
 def test_load_model_quantize_argument(tmp_path):
     tiny_llama().save_pretrained(tmp_path)
     model = gencycle.load_model(tmp_path, device="cpu", quantize="int8")
-    assert model.quantization == "int8" and model.dtype == torch.bfloat16
+    assert model.quantization == "int8" and model.dtype == torch.float32  # only the Linear layers change
+    assert gencycle.load_model(tmp_path, dtype=torch.bfloat16, quantize="int8").dtype == torch.bfloat16
     assert isinstance(model.lm_head, QuantizedLinear)
     assert not any(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="unknown quantization 'int3'"):

@@ -147,13 +147,13 @@ def load_model(path: str | Path, dtype=None, device=None, quantize: str | None =
     """Load a model folder, a `.gguf` file, or a packaged model name; returns it in eval mode.
 
     quantize: None, "int8" or "int4" ("int4-g32" picks the group size): weight-only quantization
-    for inference (see `gencycle.model.quantize`); the rest of the model is then bf16 unless
-    `dtype` says otherwise. q|k|v and gate|up are fused for inference (`Transformer.fuse_projections`).
+    for inference (see `gencycle.model.quantize`); the rest of the model keeps `dtype` (fp32 by
+    default: on CPU, faster than bf16 around the int8 / int4 kernels). q|k|v and gate|up are fused
+    for inference (`Transformer.fuse_projections`).
     """
     if quantize is not None:
         from ..model.quantize import parse_mode
         parse_mode(quantize)  # a bad name fails before the weights are read
-        dtype = torch.bfloat16 if dtype is None else dtype
     model = _load(path, dtype, device).fuse_projections()
     if quantize is not None:
         from ..model.quantize import quantize_model

@@ -6,7 +6,8 @@
 Every Linear of the encoder and decoder stacks becomes a `QuantizedLinear`; the self-attention
 q|k|v and the gated MLP's gate|up are first fused into one layer each (same numbers: int8 scales
 are per output row and int4 groups run along the input, so fusing rows changes nothing), which
-saves kernel calls when decoding. Activations are bf16; the matmuls are PyTorch's own kernels:
+saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation type;
+the rest of the model (embedding, norms, attention, KV cache) keeps its dtype. The matmuls are PyTorch's own kernels:
 `aten._weight_int8pack_mm` (CPU and CUDA), `aten._weight_int4pack_mm_for_cpu` on CPU and
 `aten._weight_int4pack_mm` (tinygemm, sm80+) on CUDA.
 
@@ -15,7 +16,7 @@ saves kernel calls when decoding. Activations are bf16; the matmuls are PyTorch'
 
 The LM head is quantized too (it is the largest matrix of a small model and is read for every
 token). When it is tied to the input embedding, the head gets its own quantized copy and the
-embedding stays in bf16 for lookups: the tie is dropped, which costs the size of the quantized
+embedding stays as it is for lookups: the tie is dropped, which costs the size of the quantized
 copy in memory and halves (int8) or quarters (int4) the bytes read per token for the head.
 `quantize_head=False` keeps the head as it is.
 
