@@ -29,6 +29,7 @@ def time_llama_cpp(prompt: list[int], new_tokens: int, repeat: int) -> tuple[flo
                 n_threads=torch.get_num_threads(), verbose=False)
     best_prefill, best_decode = float("inf"), float("inf")
     for _ in range(repeat):
+        llm.reset()  # otherwise generate() reuses the prompt it already holds and skips the prefill
         start = time.perf_counter()
         first = None
         for count, _token in enumerate(llm.generate(prompt, top_k=1, temp=0.0, reset=True), start=1):

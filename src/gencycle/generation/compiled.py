@@ -93,7 +93,7 @@ class CompiledDecodeState:
         # the next token's position: the number of real tokens so far in its row
         self.positions = (self.valid.sum(dim=1, keepdim=True) if self.mask is not None
                           else torch.full((B, 1), T, dtype=torch.long, device=input_ids.device))
-        self.rows = torch.arange(B, device=input_ids.device)   # rows of the batch still running
+        self.rows: torch.Tensor | None = None                  # rows of the batch still running (None: all)
         self.tokens = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
@@ -101,7 +101,10 @@ class CompiledDecodeState:
         if cache.length == 0:  # the prompt: eager, any length
             return self.model(ids, attention_mask=self.mask, cache=cache, logits_to_keep=1).logits[:, -1].float()
         slot = cache.length
-        self.tokens[self.rows] = ids
+        if self.rows is None:
+            self.tokens = ids
+        else:
+            self.tokens[self.rows] = ids
         self.valid[:, slot] = True
         cache.position = torch.tensor([slot], device=ids.device)
         dtype = self.model.dtype
@@ -110,8 +113,10 @@ class CompiledDecodeState:
         logits = self.step(self.tokens, self.positions, bias, cache)
         cache.advance(1)
         self.positions += 1
-        return logits[self.rows]
+        return logits if self.rows is None else logits[self.rows]
 
     def select(self, index: torch.Tensor) -> None:
         """Keep a subset of the running rows (sample_steps drops finished ones): only bookkeeping."""
-        self.rows = self.rows[index]
+        if self.rows is None:
+            self.tokens = self.tokens.clone()  # rows that finish keep their last token as input
+        self.rows = index if self.rows is None else self.rows[index]
