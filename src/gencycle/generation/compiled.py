@@ -13,7 +13,10 @@ Python and dispatch cost of launching them is as large as the matrix products th
 - inductor's "freezing" makes the weights constants of the graph, which lets it pre-pack the
   fp32 / bf16 matrices for its matrix-vector kernels (about 1.5x faster on CPU than the plain
   layout) at the cost of a packed copy of them in memory. The graph therefore does not see
-  later changes to the weights: compile after training or merging adapters, not before.
+  later changes to the weights: compile after training or merging adapters, not before;
+- inductor's C++ wrapper launches the graph's kernels, and torch checks only the identity of the
+  weights before each step (not thousands of module attributes): a step costs little more than
+  its kernels. SmolLM2-135M int4 decodes about 2x faster than eagerly (`make bench`).
 
 The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
 calls with gradients enabled decode eagerly. A finished row is not dropped from the compiled
@@ -22,6 +25,7 @@ batch (that would change its shape); its results are just no longer read.
 
 from __future__ import annotations
 
+import shutil
 import threading
 
 import torch
@@ -30,12 +34,16 @@ from ..model.cache import StaticKVCache
 from ..model.layers import FusableMixin
 
 MIN_SLOTS = 64
+MAX_GRAPHS = 128  # compiled decoding steps per process, all models together
 
 
 def compile_decoding(model):
     """Make `generate` / `stream` on this decoder-only model run compiled steps; returns the model."""
     if model.config.architecture != "decoder":
         raise ValueError(f"compiled decoding is for decoder-only models, not {model.config.architecture!r} ones")
+    if model.device.type == "cpu" and not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
+        raise RuntimeError("compiled decoding on CPU needs a C++ compiler (g++ or clang++) for torch.compile; "
+                           "install one, or decode eagerly (without compile)")
     model.eval()
     with torch.no_grad():
         for module in model.modules():  # the graph cannot check fused storage pointers: check them now
@@ -58,9 +66,12 @@ class CompiledStep:
         # These settings must hold while torch traces, which any call may do (a new shape);
         # options= would come too late. They are global, so calls take turns.
         #   freezing: weights become constants (pre-packed fp32 / bf16 matmuls);
-        #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python.
+        #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python;
+        #   recompile_limit: torch counts graphs per function, across models: one per model,
+        #   batch size and cache size (its default, 8, is two models at two batch sizes).
+        from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
-        with self.lock, inductor.patch(freezing=True, cpp_wrapper=True):
+        with self.lock, inductor.patch(freezing=True, cpp_wrapper=True), dynamo.patch(recompile_limit=MAX_GRAPHS):
             return self.function(ids, positions, bias, cache)
 
 
