@@ -178,6 +178,13 @@ def test_cli_generate_and_chat(folder, llm, capsys, monkeypatch):
     assert out.count(f"assistant> {first}\n") == 2 and f"assistant> {second}\n" in out   # /reset forgot the history
 
 
+
+def test_cli_compile_streams_the_same_text(folder, llm, capsys):
+    """--compile: the chat answer, streamed through compiled decoding steps, equals the eager one."""
+    assert main(["generate", str(folder), "hello", "--max-new-tokens", "8", "--compile"]) == 0
+    assert capsys.readouterr().out == llm.chat([{"role": "user", "content": "hello"}], max_new_tokens=8) + "\n"
+
+
 @pytest.mark.slow
 def test_cli_answers_the_capital_question_with_paris(capsys):
     assert main(["generate", "smollm2-135m-instruct", "What is the capital of France?", "--max-new-tokens", "30"]) == 0
