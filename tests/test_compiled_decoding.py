@@ -5,6 +5,8 @@ Eager decoding is itself checked token for token against `transformers.generate`
 tiny model (tens of seconds the first time; torch caches compiled graphs on disk).
 """
 
+import shutil
+
 import pytest
 import torch
 
@@ -13,7 +15,9 @@ from gencycle.generation.compiled import CompiledDecodeState, cache_slots
 from gencycle.generation.decoding import DecodeState
 from gencycle.model.quantize import quantize_model
 
+HAS_COMPILER = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile on CPU needs a C++ compiler")
 V = 96
 
 
@@ -50,6 +54,7 @@ def eager_and_compiled(model, *args, **kwargs):
     return eager, compiled
 
 
+@needs_compiler
 @pytest.mark.parametrize("preset", ["tiny-llama", "gpt2-124m"])
 def test_greedy_and_sampling_equal_eager_on_a_ragged_batch(preset):
     model = tiny(preset)
@@ -64,6 +69,7 @@ def test_greedy_and_sampling_equal_eager_on_a_ragged_batch(preset):
     assert torch.equal(eager, compiled)
 
 
+@needs_compiler
 def test_two_models_of_one_shape_keep_their_own_weights():
     """Weights are frozen into each graph: a second model with the same shapes must not reuse the first's."""
     ids = torch.randint(3, V, (1, 5))
@@ -74,6 +80,7 @@ def test_two_models_of_one_shape_keep_their_own_weights():
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 
+@needs_compiler
 def test_a_quantized_model_compiles_close_to_eager():
     model = gencycle.compile_decoding(quantize_model(tiny("tiny-llama"), "int8"))
     ids = torch.randint(3, V, (1, 6))
@@ -86,8 +93,11 @@ def test_a_quantized_model_compiles_close_to_eager():
     torch.testing.assert_close(state_logits[1], state_logits[0], rtol=0.02, atol=0.05)  # bf16 matmul inputs, fused differently
 
 
-def test_cache_sizes_and_errors():
+def test_cache_sizes_and_errors(monkeypatch):
     assert [cache_slots(n) for n in (1, 64, 65, 256, 257)] == [64, 64, 128, 256, 512]
     encoder_decoder = gencycle.Transformer(gencycle.preset("tiny-llama", architecture="encoder-decoder"))
     with pytest.raises(ValueError, match="decoder-only"):
         gencycle.compile_decoding(encoder_decoder)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs a C[+][+] compiler"):
+        gencycle.compile_decoding(tiny("tiny-llama"))

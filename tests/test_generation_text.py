@@ -5,6 +5,7 @@ known: the training text's characters and merges of them, and the two bytes of "
 """
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -179,6 +180,7 @@ def test_cli_generate_and_chat(folder, llm, capsys, monkeypatch):
 
 
 
+@pytest.mark.skipif(not any(shutil.which(n) for n in ("g++", "c++", "clang++")), reason="needs a C++ compiler")
 def test_cli_compile_streams_the_same_text(folder, llm, capsys):
     """--compile: the chat answer, streamed through compiled decoding steps, equals the eager one."""
     assert main(["generate", str(folder), "hello", "--max-new-tokens", "8", "--compile"]) == 0
