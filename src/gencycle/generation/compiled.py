@@ -32,6 +32,7 @@ import torch
 
 from ..model.cache import StaticKVCache
 from ..model.layers import FusableMixin
+from .decoding import DecodeState
 
 MIN_SLOTS = 64
 MAX_GRAPHS = 128  # compiled decoding steps per process, all models together
@@ -45,11 +46,9 @@ def compile_decoding(model):
         raise RuntimeError("compiled decoding on CPU needs a C++ compiler (g++ or clang++) for torch.compile; "
                            "install one, or decode eagerly (without compile)")
     model.eval()
-    with torch.no_grad():
-        for module in model.modules():  # the graph cannot check fused storage pointers: check them now
-            if isinstance(module, FusableMixin) and module._fused is not None \
-                    and not module._fused.usable(module.fusable_layers()):
-                module.fuse()
+    for module in model.modules():  # the graph cannot check fused storage pointers: check them now
+        if isinstance(module, FusableMixin):
+            module.refresh_fused()
     model.compiled_decoding = CompiledStep(model)
     return model
 
@@ -89,39 +88,36 @@ def cache_slots(length: int) -> int:
     return max(MIN_SLOTS, 1 << (length - 1).bit_length())
 
 
-class CompiledDecodeState:
-    """DecodeState's interface (`state(ids)`, `select(index)`, start, padding) over a compiled step."""
+class CompiledDecodeState(DecodeState):
+    """A decoder-only DecodeState whose steps after the prompt run the model's compiled step."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int):
-        self.model, self.step = model, model.compiled_decoding
+        super().__init__(model, input_ids, attention_mask, max_new_tokens)
         B, T = input_ids.shape
-        self.start = input_ids
-        self.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-        self.padding = None if self.mask is None else (self.mask != 0).int().argmax(dim=1)
-        self.cache = StaticKVCache.for_model(model, B, cache_slots(T + max_new_tokens))
-        self.valid = torch.zeros(B, self.cache.max_length, dtype=torch.bool, device=input_ids.device)
-        self.valid[:, :T] = True if self.mask is None else self.mask.bool()
-        # the next token's position: the number of real tokens so far in its row
-        self.positions = (self.valid.sum(dim=1, keepdim=True) if self.mask is not None
-                          else torch.full((B, 1), T, dtype=torch.long, device=input_ids.device))
-        self.rows: torch.Tensor | None = None                  # rows of the batch still running (None: all)
-        self.tokens = torch.zeros(B, 1, dtype=torch.long, device=input_ids.device)
+        filled = torch.zeros(B, self.cache.max_length, dtype=torch.bool, device=input_ids.device)
+        filled[:, :T] = True if self.mask is None else self.mask.bool()
+        self.positions = filled.sum(dim=1, keepdim=True)     # the next token's position in each row
+        dtype = model.dtype                                  # additive mask over the slots: 0 once filled
+        self.bias = torch.zeros(filled.shape, dtype=dtype, device=input_ids.device).masked_fill_(
+            ~filled, torch.finfo(dtype).min)[:, None, None, :]
+        self.rows: torch.Tensor | None = None                # rows of the batch still running (None: all)
+        self.tokens: torch.Tensor | None = None              # the step's input, (B, 1)
+
+    def new_cache(self, batch_size: int, length: int) -> StaticKVCache:
+        return StaticKVCache.for_model(self.model, batch_size, cache_slots(length))
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         cache = self.cache
         if cache.length == 0:  # the prompt: eager, any length
-            return self.model(ids, attention_mask=self.mask, cache=cache, logits_to_keep=1).logits[:, -1].float()
+            return super().__call__(ids)
         slot = cache.length
         if self.rows is None:
             self.tokens = ids
         else:
             self.tokens[self.rows] = ids
-        self.valid[:, slot] = True
+        self.bias[..., slot] = 0
         cache.position = torch.tensor([slot], device=ids.device)
-        dtype = self.model.dtype
-        bias = torch.zeros(self.valid.shape, dtype=dtype, device=ids.device).masked_fill_(
-            ~self.valid, torch.finfo(dtype).min)[:, None, None, :]
-        logits = self.step(self.tokens, self.positions, bias, cache)
+        logits = self.model.compiled_decoding(self.tokens, self.positions, self.bias, cache)
         cache.advance(1)
         self.positions += 1
         return logits if self.rows is None else logits[self.rows]

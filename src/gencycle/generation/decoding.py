@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from .compiled import CompiledDecodeState
 from .config import GenerationConfig
 from .processors import process
 from .stopping import StopStrings
@@ -76,7 +75,7 @@ class DecodeState:
         if self.encoder_decoder:  # the encoder runs once; the decoder starts from one token
             self.memory, _ = model.encode(input_ids, attention_mask)    # (B, Tenc, C)
             self.memory_mask, self.mask = attention_mask, None
-            self.cache = model.new_cache(B, 1 + max_new_tokens)
+            self.cache = self.new_cache(B, 1 + max_new_tokens)
             start = model.config.decoder_start_token_id
             start = start if start is not None else (model.config.pad_token_id or 0)
             self.start = torch.full((B, 1), start, dtype=torch.long, device=input_ids.device)
@@ -84,9 +83,12 @@ class DecodeState:
         else:  # no mask at all when nothing is padded: positions are then 0..S-1 anyway
             self.memory = self.memory_mask = None
             self.mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
-            self.cache = model.new_cache(B, T + max_new_tokens)
+            self.cache = self.new_cache(B, T + max_new_tokens)
             self.start = input_ids
             self.padding = None if self.mask is None else (self.mask != 0).int().argmax(dim=1)
+
+    def new_cache(self, batch_size: int, length: int):
+        return self.model.new_cache(batch_size, length)
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         if self.encoder_decoder:
@@ -112,6 +114,7 @@ def decode_state(model, input_ids, attention_mask, max_new_tokens: int):
     """The state for a greedy / sampling loop: compiled steps when `compile_decoding(model)` was
     called (gencycle.generation.compiled), otherwise eager."""
     if getattr(model, "compiled_decoding", None) is not None and not torch.is_grad_enabled():
+        from .compiled import CompiledDecodeState  # here: compiled.py builds on this module's DecodeState
         return CompiledDecodeState(model, input_ids, attention_mask, max_new_tokens)
     return DecodeState(model, input_ids, attention_mask, max_new_tokens)
 

@@ -178,11 +178,15 @@ class FusableMixin:
         layers = self.fusable_layers()
         self._fused = FusedLinears.of(layers) if len(layers) > 1 else None
 
-    def _apply(self, fn, recurse=True):
-        module = super()._apply(fn, recurse)
+    def refresh_fused(self) -> None:
+        """Fuse again when the layers no longer sit on the fused storage (moved, re-assigned, wrapped)."""
         fused = self._fused
         if fused is not None and fused.pointers != FusedLinears._pointers(self.fusable_layers()):
             self.fuse()
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        self.refresh_fused()
         return module
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
