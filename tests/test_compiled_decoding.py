@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import gencycle
-from gencycle.generation.compiled import CompiledDecodeState, cache_slots
+from gencycle.generation.compiled import CompiledDecodeState, _onednn_fp32_linears, cache_slots
 from gencycle.generation.decoding import DecodeState
 from gencycle.model.quantize import quantize_model
 
@@ -91,6 +91,22 @@ def test_a_quantized_model_compiles_close_to_eager():
             state(ids)
             state_logits.append(state(ids[:, -1:]))
     torch.testing.assert_close(state_logits[1], state_logits[0], rtol=0.02, atol=0.05)  # bf16 matmul inputs, fused differently
+
+
+def test_fp32_weights_are_packed_for_onednn_while_tracing():
+    """The faster fp32 kernel choice reaches inductor's weight-packing pass of this torch, and is undone after."""
+    from torch._inductor.fx_passes.mkldnn_fusion import CpuMkldnnDeviceOp
+    original = CpuMkldnnDeviceOp.pack_linear_weight
+    graph = torch.fx.Graph()
+    weight = graph.placeholder("weight")
+    assert CpuMkldnnDeviceOp().pack_linear_weight(graph, False, weight, 1).target != torch.ops.mkldnn._reorder_linear_weight
+    with _onednn_fp32_linears():
+        assert CpuMkldnnDeviceOp().pack_linear_weight(graph, False, weight, 1).target == torch.ops.mkldnn._reorder_linear_weight
+        packed = graph.placeholder("packed")
+        linear = CpuMkldnnDeviceOp().pack_linear(graph, False, 1, weight, graph.call_function(
+            torch.ops.mkldnn._reorder_linear_weight, (packed, 1)), None)
+        assert linear.target == torch.ops.mkldnn._linear_pointwise.default
+    assert CpuMkldnnDeviceOp.pack_linear_weight is original
 
 
 def test_cache_sizes_and_errors(monkeypatch):
