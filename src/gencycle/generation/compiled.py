@@ -65,7 +65,7 @@ class CompiledStep:
     def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
         # These settings must hold while torch traces, which any call may do (a new shape);
         # options= would come too late. They are global, so calls take turns.
-        #   freezing: weights become constants (pre-packed fp32 / bf16 matmuls);
+        #   freezing: weights become constants (fp32 / bf16 matrices pre-packed for oneDNN);
         #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python;
         #   recompile_limit: torch counts graphs per function, across models: one per model,
         #   batch size and cache size (its default, 8, is two models at two batch sizes).
