@@ -12,8 +12,9 @@ Python and dispatch cost of launching them is as large as the matrix products th
   gets its own graph, so a handful of graphs serve every prompt (torch caches them on disk);
 - inductor's "freezing" makes the weights constants of the graph, which lets it pre-pack the
   fp32 / bf16 matrices for oneDNN's matrix kernels (on CPU much faster than the plain layout
-  with MKL, see _onednn_fp32_linears) at the cost of a packed copy of them in memory. The graph therefore does not see
-  later changes to the weights: compile after training or merging adapters, not before;
+  with MKL, see _onednn_fp32_linears) at the cost of a packed copy of them in memory. The
+  graph therefore does not see later changes to the weights: compile after training or
+  merging adapters, not before;
 - inductor's C++ wrapper launches the graph's kernels, and torch checks only the identity of the
   weights before each step (not thousands of module attributes): a step costs little more than
   its kernels. SmolLM2-135M int4 decodes about 2x faster than eagerly (`make bench`).
