@@ -11,13 +11,12 @@ import pytest
 import torch
 
 import gencycle
-from gencycle.generation.compiled import CompiledDecodeState, _onednn_fp32_linears, cache_slots
+from gencycle.generation.compiled import CompiledDecodeState, _onednn_fp32_linears, cache_slots, has_cpp_compiler
 from gencycle.generation.decoding import DecodeState
 from gencycle.model.quantize import quantize_model
 
-HAS_COMPILER = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 pytestmark = pytest.mark.usefixtures("one_thread")
-needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="torch.compile on CPU needs a C++ compiler")
+needs_compiler = pytest.mark.skipif(not has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
 V = 96
 
 

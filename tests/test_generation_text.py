@@ -5,7 +5,6 @@ known: the training text's characters and merges of them, and the two bytes of "
 """
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 import gencycle
 from gencycle import LLM, TextStreamer
 from gencycle.cli import main
+from gencycle.generation.compiled import has_cpp_compiler
 from gencycle.generation.stopping import cut_at_eos
 from gencycle.tokenizer import Tokenizer, load_tokenizer
 
@@ -179,8 +179,7 @@ def test_cli_generate_and_chat(folder, llm, capsys, monkeypatch):
     assert out.count(f"assistant> {first}\n") == 2 and f"assistant> {second}\n" in out   # /reset forgot the history
 
 
-
-@pytest.mark.skipif(not any(shutil.which(n) for n in ("g++", "c++", "clang++")), reason="needs a C++ compiler")
+@pytest.mark.skipif(not has_cpp_compiler(), reason="needs a C++ compiler")
 def test_cli_compile_streams_the_same_text(folder, llm, capsys):
     """--compile: the chat answer, streamed through compiled decoding steps, equals the eager one."""
     assert main(["generate", str(folder), "hello", "--max-new-tokens", "8", "--compile"]) == 0

@@ -40,11 +40,16 @@ MIN_SLOTS = 64
 MAX_GRAPHS = 128  # compiled decoding steps per process, all models together
 
 
+def has_cpp_compiler() -> bool:
+    """Whether torch.compile can build CPU kernels here (it needs a C++ compiler)."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
 def compile_decoding(model):
     """Make `generate` / `stream` on this decoder-only model run compiled steps; returns the model."""
     if model.config.architecture != "decoder":
         raise ValueError(f"compiled decoding is for decoder-only models, not {model.config.architecture!r} ones")
-    if model.device.type == "cpu" and not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
+    if model.device.type == "cpu" and not has_cpp_compiler():
         raise RuntimeError("compiled decoding on CPU needs a C++ compiler (g++ or clang++) for torch.compile; "
                            "install one, or decode eagerly (without compile)")
     model.eval()

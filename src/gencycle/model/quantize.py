@@ -6,9 +6,9 @@
 Every Linear of the encoder and decoder stacks becomes a `QuantizedLinear`; the self-attention
 q|k|v and the gated MLP's gate|up are first fused into one layer each (same numbers: int8 scales
 are per output row and int4 groups run along the input, so fusing rows changes nothing), which
-saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation type;
-the rest of the model (embedding, norms, attention, KV cache) keeps its dtype. The matmuls are PyTorch's own kernels:
-`aten._weight_int8pack_mm` (CPU and CUDA), `aten._weight_int4pack_mm_for_cpu` on CPU and
+saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation
+type; the rest of the model (embedding, norms, attention, KV cache) keeps its dtype. The matmuls
+are PyTorch's own kernels: `aten._weight_int8pack_mm` (CPU and CUDA), `aten._weight_int4pack_mm_for_cpu` on CPU and
 `aten._weight_int4pack_mm` (tinygemm, sm80+) on CUDA.
 
     int8: w ~= q * scale,                 q in [-127, 127], one bf16 scale per output row
