@@ -11,6 +11,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = [
+    "gencycle.cli.estimate",
     "gencycle.cli.evaluate",
     "gencycle.cli.finetune",
     "gencycle.cli.generate",
