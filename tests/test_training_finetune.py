@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from ddp_worker import char_tokenizer, sort_task, tiny_decoder, tiny_t5
+from gencycle import save_pretrained
 from gencycle.training import TrainConfig, Trainer, collator_for, to_pairs, tokenize
-from gencycle.training.finetune import finetune
+from gencycle.workflows import (
+    DataConfig, FinetuneConfig, LoraConfig, MeasureConfig, PromptTuningConfig, RunConfig, finetune,
+)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,10 +53,13 @@ def test_finetuning_lowers_eval_loss(make, method, pretrained, tmp_path):
     steps, lr, threshold = CASES[(make, method)]
     model = pretrained[make] if method == "prompt-tuning" else make()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    result = finetune(model, sort_task(512, 2), tokenizer=char_tokenizer(), method=method, out=tmp_path,
-                      eval_data=sort_task(64, 3), test_data=sort_task(4, 4), max_new_tokens=6, max_steps=steps,
-                      lr=lr, batch_size=16, warmup_steps=10, lora_rank=8, lora_alpha=16, lora_dropout=0.0,
-                      target=["attention", "mlp", "lm_head"], num_virtual_tokens=4, progress=False)
+    config = FinetuneConfig(
+        method=method, run=RunConfig(out=tmp_path), measure=MeasureConfig(max_new_tokens=6),
+        data=DataConfig(eval_data=sort_task(64, 3), test_data=sort_task(4, 4)),
+        prompt_tuning=PromptTuningConfig(num_virtual_tokens=4),
+        lora=LoraConfig(lora_rank=8, lora_alpha=16, lora_dropout=0.0, target=["attention", "mlp", "lm_head"]),
+        train=TrainConfig(max_steps=steps, lr=lr, batch_size=16, warmup_steps=10, progress=False))
+    result = finetune(model, sort_task(512, 2), config, tokenizer=char_tokenizer())
     assert result.eval_loss_after < min(threshold, result.eval_loss_before / 2), result.summary()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == steps and {"loss", "lr", "tokens_per_s"} <= set(json.loads(lines[0]))
@@ -77,7 +83,7 @@ def test_finetuning_lowers_eval_loss(make, method, pretrained, tmp_path):
 
 def _model_folder(tmp_path):
     folder = tmp_path / "base"
-    tiny_decoder().save_pretrained(folder)
+    save_pretrained(tiny_decoder(), folder)
     char_tokenizer().save_pretrained(folder)
     return folder
 

@@ -164,7 +164,7 @@ def rouge_section(tour: Tour) -> list[Section]:
 def finetune_section(tour: Tour) -> Section:
     """LoRA on the train split for FT_STEPS steps, then the 0-shot greedy variant again on the same
     test dialogues: its scores before come from `tour.comparison()` (same prompts, same decoding)."""
-    from gencycle.training.finetune import finetune
+    from gencycle.workflows import finetune
     before = next(r for r in tour.comparison() if r.settings["shots"] == 0 and r.settings["config"] == "greedy")
     maker = PromptMaker(tour.llm, tour.train, max_new_tokens=MAX_NEW_TOKENS)
     # Train on exactly the 0-shot prompt the comparison sends (one user turn), answer = human summary.

@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -32,40 +32,70 @@ from .data import EpochSampler
 from .objectives import lm_step, processed_tokens, scored_tokens
 
 StepFn = Callable[[torch.nn.Module, dict], torch.Tensor]
-SCHEDULES = ("cosine", "linear", "constant")
-PRECISIONS = ("auto", "fp32", "bf16")
+Schedule = Literal["cosine", "linear", "constant"]
+Precision = Literal["auto", "fp32", "bf16"]
+Strategy = Literal["auto", "none", "ddp", "fsdp"]
+SCHEDULES, PRECISIONS = get_args(Schedule), get_args(Precision)
+DEFAULT_LR = 1e-4  # when TrainConfig.lr is None and no workflow chose one
 
 
 @dataclass
 class TrainConfig:
-    """How to train. Steps are optimizer steps; batch_size is per process and micro-batch."""
+    """How to train. Steps are optimizer steps; batch_size is per process and micro-batch.
 
-    max_steps: int | None = None        # None: epochs * (steps in one epoch)
+    The string under each field is its help (the CLI's flags are made from them).
+    """
+
+    max_steps: int | None = None
+    """optimizer steps (overrides --epochs)"""
     epochs: float = 1.0
+    """passes over the training data (may be fractional) when --max-steps is not given"""
     batch_size: int = 8
+    """examples per micro-batch, per process"""
     grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0           # applied to matrices only (not norms, biases)
+    """micro-batches per optimizer step (gradient accumulation)"""
+    lr: float | None = None
+    """peak learning rate (default: the workflow's; 1e-4 for a Trainer built directly)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not norms, biases)"""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas"""
     warmup_steps: int = 0
-    schedule: str = "cosine"            # cosine | linear | constant (after warm-up)
-    min_lr_ratio: float = 0.0           # the schedule ends at lr * min_lr_ratio
-    max_grad_norm: float | None = 1.0   # None: no clipping
-    precision: str = "auto"             # auto: bf16 autocast on a GPU that has it, else fp32
+    """steps of linear learning-rate warm-up"""
+    schedule: Schedule = "cosine"
+    """learning-rate decay after warm-up"""
+    min_lr_ratio: float = 0.0
+    """the schedule ends at lr x min_lr_ratio"""
+    max_grad_norm: float | None = 1.0
+    """clip the gradient norm to this (None: no clipping)"""
+    precision: Precision = "auto"
+    """auto: bf16 autocast on a GPU that supports it; fp32; bf16"""
     seed: int = 0
+    """random seed: data order, dropout, the soft prompt's initial values"""
     shuffle: bool = True
-    eval_every: int | None = None       # steps between evaluations (and one at the end)
+    """shuffle the training examples each epoch"""
+    eval_every: int | None = None
+    """steps between eval-loss measurements (and one at the end)"""
     eval_batch_size: int | None = None
+    """examples per evaluation batch (default: --batch-size)"""
     checkpoint_every: int | None = None
+    """steps between checkpoints in the run folder"""
     keep_checkpoints: int = 2
-    save_trainable_only: bool = True    # checkpoints hold requires_grad parameters only
-    out_dir: str | None = None          # checkpoints/, metrics.jsonl, loss_curve.png
-    strategy: str = "auto"              # auto (DDP under torchrun) | none | ddp | fsdp
+    """newest checkpoints kept (older ones are deleted)"""
+    save_trainable_only: bool = True
+    """checkpoints hold requires_grad parameters only"""
+    out_dir: str | None = None
+    """folder for checkpoints/, metrics.jsonl, loss_curve.png"""
+    strategy: Strategy = "auto"
+    """auto: DDP under torchrun; none; ddp; fsdp shards a big model (full fine-tuning)"""
     progress: bool = True
+    """show a progress bar"""
     extra: dict = field(default_factory=dict)
+    """free-form settings for a custom step function (the loop does not read them)"""
 
     def __post_init__(self):
-        checks = [(self.batch_size > 0, "batch_size"), (self.grad_accum > 0, "grad_accum"), (self.lr > 0, "lr"),
+        checks = [(self.batch_size > 0, "batch_size"), (self.grad_accum > 0, "grad_accum"),
+                  (self.lr is None or self.lr > 0, "lr"),
                   (self.max_steps is None or self.max_steps > 0, "max_steps"), (self.epochs > 0, "epochs"),
                   (self.warmup_steps >= 0, "warmup_steps")]
         for ok, name in checks:
@@ -123,7 +153,8 @@ class Trainer:
             raise ValueError("the model has no trainable parameters (every requires_grad is False)")
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+        lr = DEFAULT_LR if config.lr is None else config.lr
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(config.betas),
                                            fused=self._fused(params))
         self.sampler = EpochSampler(len(train_data), config.batch_size, config.seed, config.shuffle,
                                     self.dist.rank, self.dist.world_size)

@@ -1,0 +1,17 @@
+"""Workflows: plain functions over small config dataclasses; the CLI is generated from the configs.
+
+    finetune(model, data, FinetuneConfig(...))    full / LoRA / prompt-tuning instruction fine-tuning
+
+Their shared pieces: `config` (options of a config tree, overrides by name, `RunConfig`) and
+`steps` (load, measure, train, gather, save), which the later workflows (reward model, PPO,
+DPO, pretraining) reuse.
+"""
+
+from gencycle.training.loop import TrainConfig
+from gencycle.workflows.config import RunConfig, options, override
+from gencycle.workflows.finetune import (
+    DataConfig, FinetuneConfig, FinetuneResult, LoraConfig, MeasureConfig, PromptTuningConfig, finetune,
+)
+
+__all__ = ["DataConfig", "FinetuneConfig", "FinetuneResult", "LoraConfig", "MeasureConfig", "PromptTuningConfig",
+           "RunConfig", "TrainConfig", "finetune", "options", "override"]
