@@ -8,7 +8,8 @@ is the string under the field and its default the value in the instance given, s
 own defaults show. Types: bool -> --x / --no-x; Literal -> choices; int, float, str, Path;
 tuple[float, float] -> two values; tuple[str, ...] / Sequence[str] -> one or more values,
 unless the union holds Path (`str | Path | Sequence[str]`: one path on the command line, the
-values themselves from Python); Optional[X] as X. Options of a nested config are grouped under its class name and docstring.
+values themselves from Python); Optional[X] as X. Options of a nested config are grouped under
+its class name and docstring.
 """
 
 from __future__ import annotations

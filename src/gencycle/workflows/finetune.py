@@ -123,7 +123,7 @@ class FinetuneConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     prompt_tuning: PromptTuningConfig = field(default_factory=PromptTuningConfig)
     train: TrainConfig = field(default_factory=TrainConfig, metadata={
-        "set_by_workflow": ("out_dir", "save_trainable_only", "extra"),  # from run.out; adapters only; unused
+        "set_by_workflow": ("out_dir", "save_trainable_only", "extra"),  # from run.out; True; unused
         "help": {"lr": "peak learning rate (default by method: full 5e-5, lora 2e-4, prompt-tuning 3e-2)"}})
 
     def __post_init__(self):
