@@ -8,10 +8,14 @@
 model's weight names do not change; the adapter adds `<module>.lora_A.weight`
 and `<module>.lora_B.weight`, the suffixes PEFT uses. B starts at zero, so a
 fresh adapter leaves the model's output unchanged.
+
+`with disable_adapters(model):` runs the base model (PPO's frozen reference is the
+policy with its adapters off), with or without gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable
@@ -49,6 +53,7 @@ class LoRALinear(nn.Linear):
         self.rank, self.alpha, self.dropout_p, self.use_rslora = rank, alpha, dropout, use_rslora
         self.scaling = alpha / math.sqrt(rank) if use_rslora else alpha / rank
         self.merged = False
+        self.disabled = False  # True: the base layer's output only (disable_adapters)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A: (out, in), computed in fp32."""
@@ -56,13 +61,15 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (..., in) -> (..., out)
         out = F.linear(x, self.weight, self.bias)
-        if self.merged:
+        if self.merged or self.disabled:
             return out
         return out + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold B @ A into the weight (inference: no extra matmuls). Idempotent."""
+        if self.disabled:
+            raise ValueError("cannot merge a LoRA layer while its adapter is disabled (disable_adapters)")
         if not self.merged:
             self.weight.copy_((self.weight.float() + self.delta_weight()).to(self.weight.dtype))
             self.merged = True
@@ -203,6 +210,37 @@ def merge_lora(model: nn.Module, unload: bool = False) -> nn.Module:
         else:
             layer.merge()
     return model
+
+
+@contextlib.contextmanager
+def disable_adapters(model: nn.Module):
+    """Inside `with disable_adapters(model):` every LoRALinear computes its base layer only, so the
+    model is the one the adapters were added to; on exit (an exception too) each layer is as before.
+
+    Only a flag per layer changes: no weight is touched, so a policy's pending backward, another
+    model sharing the weights, and nested uses are all safe, under torch.no_grad or with gradients.
+    Merged layers are refused (their weight holds the adapter: unmerge_lora first), and so is a
+    model without adapters (a reference equal to the policy would be a silent mistake). The switch
+    is the model's, not the thread's: do not run the adapted model concurrently meanwhile.
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to disable; use a frozen copy of it as the reference")
+    if getattr(model, "compiled_decoding", None) is not None:
+        raise ValueError("compile_decoding froze this model's adapters into its compiled steps, which would "
+                         "not see them disabled; disable adapters on a model that is not compiled")
+    merged = [name for name, layer in layers.items() if layer.merged]
+    if merged:
+        raise ValueError(f"{len(merged)} LoRA layer(s) are merged into their weights ({merged[0]}, ...); "
+                         "call unmerge_lora(model) before disable_adapters")
+    before = {name: layer.disabled for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.disabled = True
+    try:
+        yield model
+    finally:
+        for name, layer in layers.items():
+            layer.disabled = before[name]
 
 
 def unmerge_lora(model: nn.Module) -> nn.Module:

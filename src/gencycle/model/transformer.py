@@ -213,7 +213,7 @@ class Transformer(nn.Module):
         h, weights, cross = self._run(self.decoder, x, attention_mask, past, cache, rotary,
                                       memory, memory_mask, return_attentions)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(T, attention_mask)  # the mask, when given, tells each row's valid positions
         return h, weights, cross
 
     def decode_step(self, input_ids: torch.Tensor, position_ids: torch.Tensor, attention_bias: torch.Tensor,
