@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "gencycle.cli.generate",
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
+    "gencycle.cli.tokenizer",
 ]
 
 
