@@ -26,7 +26,7 @@ _TMP = Path(tempfile.mkdtemp(prefix="gencycle-bench-"))
 def smollm2_folder() -> Path:
     folder = _TMP / "smollm2-135m"
     if not (folder / "config.json").exists():
-        gencycle.load_model(SMOLLM2, device="cpu").save_pretrained(folder)
+        gencycle.save_pretrained(gencycle.load_model(SMOLLM2, device="cpu"), folder)
     return folder
 
 

@@ -48,7 +48,7 @@ def score(model, texts: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
 
 @torch.inference_mode()
 def continue_greedily(model, prompts: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    out = model.generate(prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    out = gencycle.generate(model, prompts, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     return out[:, prompts.shape[1]:]
 
 

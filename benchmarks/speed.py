@@ -63,7 +63,7 @@ def time_gencycle(model, ids, new_tokens: int, repeat: int, compiled=None):
         return model(ids, cache=model.new_cache(ids.shape[0], ids.shape[1] + 1), logits_to_keep=1)
 
     def generate():
-        return model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        return gencycle.generate(model, ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
     return best_time(prefill, repeat)[0], *best_time(generate, repeat)
 

@@ -37,7 +37,7 @@ def model_folder(name: str) -> Path:
         import gencycle
         torch.manual_seed(0)
         model = gencycle.Transformer(gencycle.preset("tiny-llama", vocab_size=49152, eos_token_id=2))
-        model.save_pretrained(folder)
+        gencycle.save_pretrained(model, folder)
     return folder
 
 

@@ -12,7 +12,7 @@ import torch
 
 import gencycle
 from gencycle.generation.compiled import CompiledDecodeState, _onednn_fp32_linears, cache_slots, has_cpp_compiler
-from gencycle.generation.decoding import DecodeState
+from gencycle.generation.state import DecodeState
 from gencycle.model.quantize import quantize_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,11 +43,11 @@ def ragged_prompts():
 
 
 def eager_and_compiled(model, *args, **kwargs):
-    eager = model.generate(*args, **kwargs)
+    eager = gencycle.generate(model, *args, **kwargs)
     step = gencycle.compile_decoding(model).compiled_decoding
     calls, function = [], step.function
     step.function = lambda *a: calls.append(1) or function(*a)
-    compiled = model.generate(*args, **kwargs)
+    compiled = gencycle.generate(model, *args, **kwargs)
     del model.compiled_decoding
     assert len(calls) == compiled.shape[1] - args[0].shape[1] - 1  # every step after the prefill ran compiled
     return eager, compiled
@@ -58,7 +58,7 @@ def eager_and_compiled(model, *args, **kwargs):
 def test_greedy_and_sampling_equal_eager_on_a_ragged_batch(preset):
     model = tiny(preset)
     ids, mask = ragged_prompts()
-    free = model.generate(ids, mask, max_new_tokens=12, eos_token_id=[])
+    free = gencycle.generate(model, ids, mask, max_new_tokens=12, eos_token_id=[])
     eos = [int(free[0, 11]), int(free[2, 14])]  # tokens the model does produce: rows end at different steps
     eager, compiled = eager_and_compiled(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0)
     assert torch.equal(eager, compiled)
@@ -73,9 +73,10 @@ def test_two_models_of_one_shape_keep_their_own_weights():
     """Weights are frozen into each graph: a second model with the same shapes must not reuse the first's."""
     ids = torch.randint(3, V, (1, 5))
     first, second = tiny("tiny-llama", seed=1), tiny("tiny-llama", seed=2)
-    expected = [m.generate(ids, max_new_tokens=8, eos_token_id=[]) for m in (first, second)]
+    expected = [gencycle.generate(m, ids, max_new_tokens=8, eos_token_id=[]) for m in (first, second)]
     assert not torch.equal(*expected)
-    got = [gencycle.compile_decoding(m).generate(ids, max_new_tokens=8, eos_token_id=[]) for m in (first, second)]
+    got = [gencycle.generate(gencycle.compile_decoding(m), ids, max_new_tokens=8, eos_token_id=[])
+           for m in (first, second)]
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 

@@ -65,7 +65,8 @@ def pairs(tmp_path_factory):
         ref.save_pretrained(folder)
         ours = gencycle.load_model(folder, device="cpu")
         ids, mask = _prompts(name)
-        free = ours.generate(ids, mask, max_new_tokens=NEW, eos_token_id=[], no_repeat_ngram_size=1)  # varied, no EOS
+        free = gencycle.generate(ours, ids, mask, max_new_tokens=NEW, eos_token_id=[],
+                                 no_repeat_ngram_size=1)  # varied, no EOS
         start = free.shape[1] - NEW
         eos = sorted({int(free[0, start + 2]), int(free[2, start + 5])})
         out[name] = ref, ours, eos
@@ -88,7 +89,7 @@ def _compare(pairs, name, **kwargs):
     ids, mask = _prompts(name)
     expected = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False,
                             pad_token_id=PAD, eos_token_id=eos, **kwargs)
-    got = ours.generate(ids, mask, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=eos, **kwargs)
+    got = gencycle.generate(ours, ids, mask, max_new_tokens=NEW, pad_token_id=PAD, eos_token_id=eos, **kwargs)
     assert got.shape == expected.shape
     start = 1 if name == "t5" else ids.shape[1]
     torch.testing.assert_close(_without_filler(got, start, eos), _without_filler(expected, start, eos), rtol=0, atol=0)
@@ -119,7 +120,7 @@ def test_finished_rows_leave_the_batch(pairs):
     hook = ours.register_forward_pre_hook(lambda module, args, kwargs: sizes.append(
         (args[0] if args else kwargs["decoder_input_ids"]).shape[0]), with_kwargs=True)
     try:
-        out = ours.generate(ids, mask, max_new_tokens=NEW, eos_token_id=eos)
+        out = gencycle.generate(ours, ids, mask, max_new_tokens=NEW, eos_token_id=eos)
     finally:
         hook.remove()
     running = [int((~torch.isin(out[:, 9:9 + s], torch.tensor(eos)).any(1)).sum()) for s in range(len(sizes))]
@@ -129,11 +130,11 @@ def test_finished_rows_leave_the_batch(pairs):
 def test_output_layout_and_eos_lists(pairs):
     _, ours, eos = pairs["gpt2"]
     ids, mask = _prompts("gpt2")
-    out = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=eos, pad_token_id=PAD)
+    out = gencycle.generate(ours, ids, mask, max_new_tokens=5, eos_token_id=eos, pad_token_id=PAD)
     assert torch.equal(out[:, :9], ids) and out.shape[1] <= 14
-    assert ours.generate(ids[0], max_new_tokens=0).shape == (1, 9)
+    assert gencycle.generate(ours, ids[0], max_new_tokens=0).shape == (1, 9)
     t5 = pairs["t5"][1]
-    out = t5.generate(*_prompts("t5"), max_new_tokens=4, eos_token_id=[])
+    out = gencycle.generate(t5, *_prompts("t5"), max_new_tokens=4, eos_token_id=[])
     assert out.shape == (4, 5) and (out[:, 0] == PAD).all()  # decoder_start_token_id first
 
 
@@ -141,13 +142,13 @@ def test_bad_inputs_are_named(pairs):
     ours = pairs["gpt2"][1]
     ids, mask = _prompts("t5")  # right padding
     with pytest.raises(ValueError, match="left padding"):
-        ours.generate(ids, mask, max_new_tokens=2)
+        gencycle.generate(ours, ids, mask, max_new_tokens=2)
     with pytest.raises(ValueError, match="context window of 64 tokens"):
-        ours.generate(torch.ones(1, 65, dtype=torch.long), max_new_tokens=2)
-    assert ours.generate(torch.ones(1, 60, dtype=torch.long), max_new_tokens=10).shape == (1, 64)
+        gencycle.generate(ours, torch.ones(1, 65, dtype=torch.long), max_new_tokens=2)
+    assert gencycle.generate(ours, torch.ones(1, 60, dtype=torch.long), max_new_tokens=10).shape == (1, 64)
     with pytest.raises(ValueError, match="non-empty"):
-        ours.generate(torch.ones(1, 0, dtype=torch.long))
+        gencycle.generate(ours, torch.ones(1, 0, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown generation parameter.*temprature"):
-        ours.generate(ids, temprature=0.5)
+        gencycle.generate(ours, ids, temprature=0.5)
     with pytest.raises(ValueError, match="need a tokenizer"):
-        ours.generate(ids[:, :1], stop=["x"])
+        gencycle.generate(ours, ids[:, :1], stop=["x"])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gencycle import ModelConfig, Transformer
+from gencycle import ModelConfig, Transformer, generate
 from gencycle.generation import processors as P
 from gencycle.generation.config import GenerationConfig
 
@@ -31,7 +31,7 @@ def _prompt():
 
 def _sample(model, n=64, new=8, **kwargs):
     """n sampled continuations of one prompt, and the logits the model gives at every position."""
-    out = model.generate(_prompt(), do_sample=True, max_new_tokens=new, num_return_sequences=n,
+    out = generate(model, _prompt(), do_sample=True, max_new_tokens=new, num_return_sequences=n,
                          eos_token_id=[], **kwargs)
     with torch.no_grad():
         logits = model(out).logits                                  # (n, PROMPT + new, V)
@@ -110,9 +110,9 @@ def test_top_p_never_samples_outside_the_nucleus(model):
 
 def test_temperature_towards_zero_equals_greedy(model):
     prompts = torch.randint(2, V, (4, PROMPT), generator=torch.Generator().manual_seed(2))
-    greedy = model.generate(prompts, max_new_tokens=10)
-    assert torch.equal(model.generate(prompts, max_new_tokens=10, do_sample=True, temperature=1e-4, seed=0), greedy)
-    assert torch.equal(model.generate(prompts, max_new_tokens=10, do_sample=True, temperature=0.0), greedy)
+    greedy = generate(model, prompts, max_new_tokens=10)
+    assert torch.equal(generate(model, prompts, max_new_tokens=10, do_sample=True, temperature=1e-4, seed=0), greedy)
+    assert torch.equal(generate(model, prompts, max_new_tokens=10, do_sample=True, temperature=0.0), greedy)
 
 
 def _entropy(tokens: torch.Tensor) -> float:
@@ -128,13 +128,13 @@ def test_higher_temperature_raises_the_entropy_of_the_draws(model):
 
 def test_same_seed_same_sequences(model):
     prompts = torch.randint(2, V, (3, PROMPT), generator=torch.Generator().manual_seed(4))
-    first = model.generate(prompts, do_sample=True, max_new_tokens=12, seed=7)
-    assert torch.equal(model.generate(prompts, do_sample=True, max_new_tokens=12, seed=7), first)
-    assert not torch.equal(model.generate(prompts, do_sample=True, max_new_tokens=12, seed=8), first)
+    first = generate(model, prompts, do_sample=True, max_new_tokens=12, seed=7)
+    assert torch.equal(generate(model, prompts, do_sample=True, max_new_tokens=12, seed=7), first)
+    assert not torch.equal(generate(model, prompts, do_sample=True, max_new_tokens=12, seed=8), first)
 
 
 def test_num_return_sequences_gives_n_rows_per_prompt(model):
     prompts = torch.randint(2, V, (2, PROMPT), generator=torch.Generator().manual_seed(5))
-    out = model.generate(prompts, do_sample=True, max_new_tokens=4, num_return_sequences=3, seed=0, eos_token_id=[])
+    out = generate(model, prompts, do_sample=True, max_new_tokens=4, num_return_sequences=3, seed=0, eos_token_id=[])
     assert out.shape == (6, PROMPT + 4)
     assert torch.equal(out[:3, :PROMPT], prompts[:1].expand(3, -1)) and torch.equal(out[3:, :PROMPT], prompts[1:].expand(3, -1))

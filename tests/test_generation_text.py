@@ -66,7 +66,7 @@ def test_load_reads_the_generation_config(llm):
 def test_generate_returns_completions_only(llm):
     prompts = ["hello", "the quick brown fox"]
     ids = llm.tokenizer(prompts, padding_side="left")
-    out = llm.model.generate(ids["input_ids"], ids["attention_mask"], max_new_tokens=10, eos_token_id=[2])
+    out = gencycle.generate(llm.model, ids["input_ids"], ids["attention_mask"], max_new_tokens=10, eos_token_id=[2])
     expected = [llm.tokenizer.decode(cut_at_eos(row[ids["input_ids"].shape[1]:].tolist(), [2]), skip_special_tokens=True)
                 for row in out]
     assert llm.generate(prompts, max_new_tokens=10) == expected
@@ -87,7 +87,7 @@ def _stop_across_tokens(llm, prompt):
     """A 2-character stop string made of the last character of one generated token and the first of
     the next, chosen where it first occurs in the text; returns (stop, text before it, tokens to it)."""
     ids = llm.tokenizer(prompt)["input_ids"]
-    new = llm.model.generate(ids, max_new_tokens=24, eos_token_id=[])[0, ids.shape[1]:].tolist()
+    new = gencycle.generate(llm.model, ids, max_new_tokens=24, eos_token_id=[])[0, ids.shape[1]:].tolist()
     texts = [llm.tokenizer.decode(new[:i + 1]) for i in range(len(new))]
     for i in range(len(new) - 1):
         a, b = texts[i], texts[i + 1]
@@ -100,7 +100,7 @@ def _stop_across_tokens(llm, prompt):
 def test_stop_string_spanning_two_tokens_ends_generation(llm, prompt):
     stop, before, tokens = _stop_across_tokens(llm, prompt)
     ids = llm.tokenizer(prompt)["input_ids"]
-    out = llm.model.generate(ids, max_new_tokens=24, eos_token_id=[], stop=[stop], tokenizer=llm.tokenizer)
+    out = gencycle.generate(llm.model, ids, max_new_tokens=24, eos_token_id=[], stop=[stop], tokenizer=llm.tokenizer)
     assert out.shape[1] == ids.shape[1] + tokens            # ended on the token completing the stop string
     assert llm.generate(prompt, eos_token_id=[], stop=[stop]) == before
     deltas = list(llm.stream(prompt, eos_token_id=[], stop=[stop]))
@@ -119,10 +119,11 @@ def test_streaming_gives_the_same_text(llm, overrides):
 
 def test_model_stream_and_its_limits(llm):
     ids = llm.tokenizer("hello")["input_ids"]
-    text = "".join(llm.model.stream(ids, llm.tokenizer, max_new_tokens=6, eos_token_id=[]))
-    assert text == llm.tokenizer.decode(llm.model.generate(ids, max_new_tokens=6, eos_token_id=[])[0, ids.shape[1]:])
+    text = "".join(gencycle.stream(llm.model, ids, llm.tokenizer, max_new_tokens=6, eos_token_id=[]))
+    out = gencycle.generate(llm.model, ids, max_new_tokens=6, eos_token_id=[])
+    assert text == llm.tokenizer.decode(out[0, ids.shape[1]:])
     with pytest.raises(ValueError, match="streaming generates one sequence"):
-        llm.model.stream(ids, llm.tokenizer, num_beams=2)   # refused at the call, before any work
+        gencycle.stream(llm.model, ids, llm.tokenizer, num_beams=2)   # refused at the call, before any work
 
 
 def test_streamer_holds_back_possible_stop_strings_and_partial_characters(llm):

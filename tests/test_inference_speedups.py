@@ -37,10 +37,10 @@ def test_fusing_changes_storage_not_parameters():
 
 def test_load_model_fuses_and_the_hf_round_trip_still_works(tmp_path):
     plain, _ = model_pair()
-    plain.save_pretrained(tmp_path / "a")
+    gencycle.save_pretrained(plain, tmp_path / "a")
     loaded = gencycle.load_model(tmp_path / "a", device="cpu")
     assert loaded.decoder.layers[0].self_attn._fused is not None
-    loaded.save_pretrained(tmp_path / "b")
+    gencycle.save_pretrained(loaded, tmp_path / "b")
     again = gencycle.load_model(tmp_path / "b", device="cpu")
     for (name, a), b in zip(plain.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name

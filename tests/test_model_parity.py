@@ -109,7 +109,7 @@ def test_attention_weights_match_eager_reference(name, tmp_path):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_save_pretrained_round_trip(name, tmp_path):
     ref, ours = _reference(name, tmp_path)
-    ours.save_pretrained(tmp_path / "back")
+    gencycle.save_pretrained(ours, tmp_path / "back")
     back = type(ref).from_pretrained(tmp_path / "back", attn_implementation="eager").eval()
     ids, mask = _batch()
     _, _, r, _, valid = _run_both(name, ref, ours, ids, mask)

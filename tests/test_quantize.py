@@ -81,8 +81,8 @@ def check_close_to_fp32(model, mode, tolerance, agreement):
     assert relative_error(logits, reference) < tolerance
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= agreement
     prompt = ids[:, :8]  # a batch of 2: the head then reads a strided slice of the hidden states
-    ours = quantized.generate(prompt, max_new_tokens=12, min_new_tokens=12)
-    theirs = model.generate(prompt, max_new_tokens=12, min_new_tokens=12)
+    ours = gencycle.generate(quantized, prompt, max_new_tokens=12, min_new_tokens=12)
+    theirs = gencycle.generate(model, prompt, max_new_tokens=12, min_new_tokens=12)
     assert torch.equal(ours[:, :12], theirs[:, :12])  # the first 4 new tokens (later ones may hit near-ties)
     return quantized
 
@@ -113,7 +113,7 @@ def test_int4_on_gaussian_weights_errs_as_4bit_rounding_predicts():
 
 
 def test_load_model_quantize_argument(tmp_path):
-    tiny_llama().save_pretrained(tmp_path)
+    gencycle.save_pretrained(tiny_llama(), tmp_path)
     model = gencycle.load_model(tmp_path, device="cpu", quantize="int8")
     assert model.quantization == "int8" and model.dtype == torch.float32  # only the Linear layers change
     assert gencycle.load_model(tmp_path, dtype=torch.bfloat16, quantize="int8").dtype == torch.bfloat16
@@ -122,7 +122,7 @@ def test_load_model_quantize_argument(tmp_path):
     with pytest.raises(ValueError, match="unknown quantization 'int3'"):
         gencycle.load_model(tmp_path, quantize="int3")
     with pytest.raises(ValueError, match="save the model before quantizing"):
-        model.save_pretrained(tmp_path / "again")
+        gencycle.save_pretrained(model, tmp_path / "again")
     with pytest.raises(ValueError, match="already quantized"):
         quantize_model(model, "int4")
 

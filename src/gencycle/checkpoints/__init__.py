@@ -179,6 +179,9 @@ def _load(path: str | Path, dtype=None, device=None) -> Transformer:
 
 def save_pretrained(model: Transformer, directory: str | Path, safe_serialization: bool = True) -> Path:
     """Write config.json and model.safetensors (or pytorch_model.bin) in the HF layout."""
+    if getattr(model, "quantization", None):
+        raise ValueError(f"this model holds {model.quantization} weights for inference; the Hugging Face layout "
+                         "needs the original ones: save the model before quantizing it")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     family = FAMILY_MODULE.get(model.config.family)

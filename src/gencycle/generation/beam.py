@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from .config import GenerationConfig
-from .decoding import DecodeState
 from .processors import process
+from .state import DecodeState
 
 NEG = -1.0e9  # "never pick this": large but finite, as transformers uses
 

@@ -34,7 +34,7 @@ import torch
 
 from ..model.cache import StaticKVCache
 from ..model.layers import FusableMixin
-from .decoding import DecodeState
+from .state import DecodeState
 
 MIN_SLOTS = 64
 MAX_GRAPHS = 128  # compiled decoding steps per process, all models together

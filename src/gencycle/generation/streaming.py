@@ -1,6 +1,6 @@
 """Streaming: text deltas as tokens arrive.
 
-    for delta in model.stream(input_ids, tokenizer, max_new_tokens=50, stop=["\\n\\n"]):
+    for delta in stream(model, input_ids, tokenizer, max_new_tokens=50, stop=["\\n\\n"]):
         print(delta, end="", flush=True)
 
 `TextStreamer` turns token ids into text deltas. It holds back text that could still become

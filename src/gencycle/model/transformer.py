@@ -10,7 +10,6 @@ the decoder with cross-attention over the encoder's output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -282,28 +281,3 @@ class Transformer(nn.Module):
                                            return_attentions=return_attentions)
         logits = self.head(_last(h, logits_to_keep))
         return ModelOutput(logits, h, attentions, encoder_attentions, cross, encoder_hidden_states, cache=cache)
-
-    # ------------------------------------------------------------ generation (gencycle.generation)
-    def generate(self, input_ids, attention_mask=None, config=None, **overrides) -> torch.Tensor:
-        """Token ids like transformers' generate: see `gencycle.generation.generate`."""
-        from ..generation import generate
-        return generate(self, input_ids, attention_mask, config, **overrides)
-
-    def stream(self, input_ids, tokenizer, attention_mask=None, config=None, **overrides):
-        """Text deltas of one prompt's completion: see `gencycle.generation.stream`."""
-        from ..generation import stream
-        return stream(self, input_ids, tokenizer, attention_mask, config, **overrides)
-
-    # ------------------------------------------------------------ files
-    def save_pretrained(self, directory: str | Path, safe_serialization: bool = True) -> Path:
-        """Write the Hugging Face layout (config.json + model.safetensors) for this family."""
-        if getattr(self, "quantization", None):
-            raise ValueError(f"this model holds {self.quantization} weights for inference; the Hugging Face layout "
-                             "needs the original ones: save the model before quantizing it")
-        from ..checkpoints import save_pretrained
-        return save_pretrained(self, directory, safe_serialization=safe_serialization)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype=None, device=None) -> "Transformer":
-        from ..checkpoints import load_model
-        return load_model(path, dtype=dtype, device=device)
