@@ -28,6 +28,25 @@ def test_unknown_architecture_lists_the_supported_ones(llama_folder):
         gencycle.load_model(llama_folder)
 
 
+@pytest.mark.parametrize("edit", [
+    {"rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}},  # transformers 5
+    {"rope_scaling": {"type": "dynamic", "factor": 2.0}},                                # transformers 4
+    {"partial_rotary_factor": 0.5},
+], ids=["rope_parameters", "rope_scaling", "partial_rotary"])
+def test_unsupported_config_is_refused_before_weights_are_read(llama_folder, monkeypatch, edit):
+    from gencycle import checkpoints
+
+    config = json.loads((llama_folder / "config.json").read_text())
+    (llama_folder / "config.json").write_text(json.dumps({**config, **edit}))
+
+    def refuse(folder):
+        raise AssertionError("weights were read before the config was refused")
+
+    monkeypatch.setattr(checkpoints, "read_weights", refuse)
+    with pytest.raises(ValueError, match="RoPE scaling '(linear|dynamic)' is not supported|partial_rotary_factor=0.5"):
+        gencycle.load_model(llama_folder)
+
+
 def test_missing_weights_file_is_named(llama_folder):
     (llama_folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no weights file.*model.safetensors.*pytorch_model.bin"):

@@ -87,10 +87,12 @@ def _random_hf_weights(vocab: int, tied: bool, seed: int = 0) -> dict[str, np.nd
             .astype(np.float32) for k, s in shapes.items()}
 
 
-def write_tiny_llama_gguf(path, tied: bool = True, arch: str = "llama", types=None, extra=None):
-    """Write a tiny llama GGUF the way llama.cpp's converter does; return the HF-layout originals."""
+def write_tiny_llama_gguf(path, tied: bool = True, arch: str = "llama", types=None, extra=None,
+                          rope_dim=HEAD_DIM, metadata=None, drop=()):
+    """Write a tiny llama GGUF the way llama.cpp's converter does; return the HF-layout originals.
+    metadata(writer) adds keys; `drop` names HF tensors to leave out."""
     tokens, merges = _vocab()
-    weights = _random_hf_weights(len(tokens), tied)
+    weights = {k: v for k, v in _random_hf_weights(len(tokens), tied).items() if k not in drop}
     types = TYPES if types is None else types
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny-llama")
@@ -100,7 +102,7 @@ def write_tiny_llama_gguf(path, tied: bool = True, arch: str = "llama", types=No
     w.add_feed_forward_length(FF)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_KV)
-    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_dimension_count(rope_dim)
     w.add_rope_freq_base(100000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(len(tokens))
@@ -112,6 +114,8 @@ def write_tiny_llama_gguf(path, tied: bool = True, arch: str = "llama", types=No
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_pad_token_id(0)
+    if metadata is not None:
+        metadata(w)
     for hf, arr in weights.items():
         data = arr
         if hf.endswith("q_proj.weight"):
@@ -294,11 +298,83 @@ def test_unsupported_architecture_lists_supported(tmp_path):
         gg.read_gguf(path)
 
 
-def test_unsupported_tensor_type_names_tensor_and_type(tmp_path):
-    path = tmp_path / "k.gguf"
-    write_tiny_llama_gguf(path, types={"model.layers.1.mlp.up_proj.weight": Q.IQ4_NL})
-    with pytest.raises(ValueError, match=r"k.gguf.*'blk.1.ffn_up.weight'.*IQ4_NL"):
+@pytest.fixture
+def no_dequantize(monkeypatch):
+    """Fail the test if any tensor of the file is dequantized."""
+    def refuse(tensor):
+        raise AssertionError(f"{tensor.name} was dequantized before the file was refused")
+
+    monkeypatch.setattr(gg, "_dequantize", refuse)
+
+
+def _rope_scaling(kind, factor):
+    def add(w):
+        w.add_rope_scaling_type(kind)
+        w.add_rope_scaling_factor(factor)
+    return add
+
+
+REFUSED = {  # case -> (write_tiny_llama_gguf options, what the error says)
+    "linear": (dict(metadata=_rope_scaling(gguf.RopeScalingType.LINEAR, 2.0)),
+               "RoPE scaling 'linear' is not supported"),
+    "yarn": (dict(metadata=_rope_scaling(gguf.RopeScalingType.YARN, 4.0)), "RoPE scaling 'yarn' is not supported"),
+    "llama3": (dict(extra=[("rope_freqs.weight", np.ones(HEAD_DIM // 2, dtype=np.float32), None)]),
+               "RoPE scaling 'llama3' is not supported"),
+    "partial": (dict(rope_dim=HEAD_DIM // 2), r"partial_rotary_factor=0.5"),
+    "moe": (dict(metadata=lambda w: w.add_expert_count(4)), "mixture-of-experts"),
+    "tensor type": (dict(types={"model.layers.1.mlp.up_proj.weight": Q.IQ4_NL}), r"'blk.1.ffn_up.weight'.*IQ4_NL"),
+    "tensor name": (dict(extra=[("blk.0.attn_sinks.weight", np.ones(N_HEAD, dtype=np.float32), None)]),
+                    "unexpected tensor 'blk.0.attn_sinks.weight'"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_unsupported_features_are_refused_before_any_tensor_is_dequantized(tmp_path, no_dequantize, case):
+    options, message = REFUSED[case]
+    path = tmp_path / "refused.gguf"
+    write_tiny_llama_gguf(path, **{"types": {}, **options})
+    with pytest.raises(ValueError, match=f"refused.gguf.*{message}"):
         gg.read_gguf(path)
+
+
+def test_config_alone_reads_no_tensor(tiny_files, no_dequantize):
+    hf_config, config = gg.read_gguf_config(tiny_files[True][0] / "tiny.gguf")
+    assert (config.family, config.num_layers, config.num_heads, config.num_kv_heads) == ("llama", N_LAYERS, N_HEAD, N_KV)
+    assert config.tie_embeddings and hf_config["rope_theta"] == config.rope_theta == 100000.0
+
+
+def test_load_model_refuses_rope_scaling_before_dequantizing_or_caching(tmp_path, monkeypatch, no_dequantize):
+    import gencycle
+
+    monkeypatch.setenv("GENCYCLE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "scaled.gguf"
+    write_tiny_llama_gguf(path, metadata=_rope_scaling(gguf.RopeScalingType.LINEAR, 2.0))
+    with pytest.raises(ValueError, match="scaled.gguf.*RoPE scaling 'linear' is not supported"):
+        gencycle.load_model(path)
+    cache = tmp_path / "cache" / "gguf"
+    assert not cache.exists() or not any(cache.iterdir())  # nothing converted, nothing cached
+
+
+def test_missing_tensor_is_named_by_load_model(tmp_path, monkeypatch):
+    import gencycle
+
+    monkeypatch.setenv("GENCYCLE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "holes.gguf"
+    write_tiny_llama_gguf(path, types={}, drop={"model.layers.1.mlp.up_proj.weight"})
+    with pytest.raises(ValueError, match=r"missing 1 weight.*model\.layers\.1\.mlp\.up_proj\.weight"):
+        gencycle.load_model(path, device="cpu")
+
+
+def test_gguf_names_come_from_the_family_table():
+    """llama.py's table, read in its GGUF column, names every tensor as llama.cpp's converter does."""
+    from gencycle.checkpoints import llama
+    from gencycle.checkpoints.names import GGUF, HF, OURS, translate
+
+    for hf in _random_hf_weights(100, tied=False):
+        gguf_name = translate(hf, llama.TABLE, HF, GGUF)
+        assert gguf_name == _hf_gguf_name(hf), hf
+        assert translate(gguf_name, llama.TABLE, GGUF, HF) == hf
+        assert translate(gguf_name, llama.TABLE, GGUF, OURS) == translate(hf, llama.TABLE, HF, OURS)
 
 
 @pytest.mark.parametrize("qtype", [Q.Q5_0, Q.Q5_1, Q.BF16])
@@ -309,14 +385,6 @@ def test_more_quantization_types_dequantize(tmp_path, qtype):
     name = "model.layers.0.mlp.down_proj.weight"
     error = (state[name] - torch.from_numpy(original[name])).abs().max()
     assert error < 0.02
-
-
-def test_unexpected_tensor_is_an_error(tmp_path):
-    path = tmp_path / "rope.gguf"
-    extra = [("rope_freqs.weight", np.ones(HEAD_DIM // 2, dtype=np.float32), None)]
-    write_tiny_llama_gguf(path, types={}, extra=extra)
-    with pytest.raises(ValueError, match="rope_freqs"):
-        gg.read_gguf(path)
 
 
 # ----------------------------------------------------------------------------- real weights

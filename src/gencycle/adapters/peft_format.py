@@ -5,8 +5,10 @@ LoRA tensors are named as PEFT names them on the Hugging Face model:
     base_model.model.<HF module path>.lora_B.weight    (out, r)
 e.g. `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` (Llama),
 `base_model.model.encoder.block.0.layer.0.SelfAttention.q.lora_A.weight` (T5). Module
-paths go through the family's name table (`checkpoints.names.rename`). GPT-2 keeps q, k
-and v fused in one `c_attn`: their adapters are written as one block-diagonal LoRA.
+paths go through the family module (`gencycle.checkpoints`): its name table, its prefix
+quirks (`name_to_hf` / `name_from_hf`: BertModel has no `bert.`), and its FUSED modules
+(GPT-2 keeps q, k and v in one `c_attn`: their adapters are written as one block-diagonal
+LoRA, and read back split).
 
 Soft prompts are PEFT's PROMPT_TUNING: one tensor `prompt_embeddings` (n, C).
 
@@ -27,6 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..checkpoints import family_module
+from ..checkpoints.names import fused_parts, fused_whole, rename
 from .lora import LoRALinear, add_lora, freeze_all_but, lora_layers
 from .prompt_tuning import PromptTuningModel
 
@@ -38,29 +42,16 @@ UNSUPPORTED = {"use_dora": False, "lora_bias": False, "bias": "none", "modules_t
                "layer_replication": None, "trainable_token_indices": None, "target_parameters": None,
                "use_qalora": False, "alora_invocation_tokens": None, "megatron_config": None,
                "use_bdlora": None}
-GPT2_QKV = re.compile(r"(transformer\.h\.\d+\.attn)\.([qkv])_proj$")
 
 
 # ------------------------------------------------------------------ module names
-def _family(model: nn.Module):
-    from ..checkpoints import FAMILY_MODULE
-    family = FAMILY_MODULE.get(model.config.family)
-    if family is None:
-        raise ValueError(f"family {model.config.family!r} has no Hugging Face layout, so no PEFT names; "
-                         f"supported: {', '.join(FAMILY_MODULE)}")
-    return family
-
-
 def to_hf_module(model: nn.Module, name: str) -> str:
     """gencycle module path -> the module path in the family's HF model (what PEFT wraps)."""
-    from ..checkpoints.names import rename
-    config = model.config
-    hf = rename(name, _family(model).table(config), to_hf=True)
+    family, config = family_module(model.config), model.config
+    hf = rename(name, family.table(config), to_hf=True)
     if hf is None:
         raise ValueError(f"module {name!r} has no name in the {config.family} Hugging Face layout")
-    if config.family == "bert" and not config.mlm_head:
-        hf = hf.removeprefix("bert.")  # BertModel has no `bert.` prefix
-    return hf
+    return family.name_to_hf(hf, config)
 
 
 def _hf_or_none(model: nn.Module, name: str) -> str | None:
@@ -71,42 +62,39 @@ def _hf_or_none(model: nn.Module, name: str) -> str | None:
 
 
 def from_hf_module(model: nn.Module, hf: str) -> str | None:
-    from ..checkpoints.names import rename
-    config = model.config
-    if config.family == "bert" and not hf.startswith(("bert.", "cls.")):
-        hf = "bert." + hf
-    if config.family == "gpt2" and not hf.startswith(("transformer.", "lm_head")):
-        hf = "transformer." + hf
-    return rename(hf, _family(model).table(config), to_hf=False)
+    family, config = family_module(model.config), model.config
+    return rename(family.name_from_hf(hf, config), family.table(config), to_hf=False)
 
 
 # ------------------------------------------------------------------ LoRA: save
-def _fuse_gpt2_qkv(entries: dict, scaling_of) -> tuple[dict, bool]:
-    """q/k/v adapters of one GPT-2 layer -> one c_attn adapter of rank sum(r): A stacked, B block-diagonal.
-    B is rescaled so that the file's scaling for rank R gives each block its own scaling."""
+def _fuse(entries: dict, fused: dict, scaling_of) -> dict:
+    """Adapters of modules the HF model holds fused (GPT-2's q/k/v in one c_attn) -> one adapter
+    of rank sum(r): A stacked, B block-diagonal. B is rescaled so that the file's scaling for
+    rank R gives each block its own scaling."""
     groups: dict[str, dict] = {}
     out = {}
     for hf, entry in entries.items():
-        match = GPT2_QKV.match(hf)
-        if match:
-            groups.setdefault(match.group(1), {})[match.group(2)] = entry
+        whole = fused_whole(hf, fused)
+        if whole:
+            groups.setdefault(whole, {})[hf] = entry
         else:
             out[hf] = entry
-    for prefix, parts in groups.items():
-        present = [p for p in "qkv" if p in parts]
+    for whole, parts in groups.items():
+        names = fused_parts(whole, fused)
+        present = [p for p in names if p in parts]
         R = sum(parts[p]["rank"] for p in present)
         alpha = parts[present[0]]["alpha"]
         C = parts[present[0]]["B"].shape[0]
-        A = torch.cat([parts[p]["A"].float() for p in present])                   # (R, C)
-        B = torch.zeros(3 * C, R)                                                  # (3C, R)
+        A = torch.cat([parts[p]["A"].float() for p in present])                   # (R, C_in)
+        B = torch.zeros(len(names) * C, R)                                         # (n*C, R)
         col = 0
         for p in present:
-            e, row = parts[p], "qkv".index(p) * C
+            e, row = parts[p], names.index(p) * C
             B[row:row + C, col:col + e["rank"]] = e["B"].float() * (e["scaling"] / scaling_of(alpha, R))
             col += e["rank"]
         dtype = parts[present[0]]["A"].dtype
-        out[f"{prefix}.c_attn"] = dict(A=A.to(dtype), B=B.to(dtype), rank=R, alpha=alpha)
-    return out, bool(groups)
+        out[whole] = dict(A=A.to(dtype), B=B.to(dtype), rank=R, alpha=alpha)
+    return out
 
 
 def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
@@ -126,12 +114,10 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
     def scaling_of(alpha, rank):
         return alpha / math.sqrt(rank) if first.use_rslora else alpha / rank
 
-    entries = {to_hf_module(model, name): dict(A=l.lora_A.weight.detach(), B=l.lora_B.weight.detach(),
-                                               rank=l.rank, alpha=l.alpha, scaling=l.scaling)
-               for name, l in layers.items()}
-    fused = False
-    if model.config.family == "gpt2":
-        entries, fused = _fuse_gpt2_qkv(entries, scaling_of)
+    family = family_module(model.config)
+    entries = _fuse({to_hf_module(model, name): dict(A=l.lora_A.weight.detach(), B=l.lora_B.weight.detach(),
+                                                     rank=l.rank, alpha=l.alpha, scaling=l.scaling)
+                     for name, l in layers.items()}, family.FUSED, scaling_of)
 
     r = Counter(e["rank"] for e in entries.values()).most_common(1)[0][0]
     alpha = Counter(e["alpha"] for e in entries.values()).most_common(1)[0][0]
@@ -139,9 +125,8 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
     alpha_pattern = {re.escape(hf): e["alpha"] for hf, e in entries.items() if e["alpha"] != alpha}
 
     # target_modules: the last names (PEFT's suffix rule) when they pick exactly these modules, else a regex
-    all_linear = {hf for n, m in model.named_modules() if isinstance(m, nn.Linear) and (hf := _hf_or_none(model, n))}
-    if fused:
-        all_linear = {GPT2_QKV.sub(r"\1.c_attn", hf) for hf in all_linear}
+    all_linear = {fused_whole(hf, family.FUSED) or hf for n, m in model.named_modules()
+                  if isinstance(m, nn.Linear) and (hf := _hf_or_none(model, n))}
     leaves = sorted({hf.rsplit(".", 1)[-1] for hf in entries})
     if {hf for hf in all_linear if hf.rsplit(".", 1)[-1] in leaves} == set(entries):
         target_modules: list[str] | str = leaves
@@ -152,7 +137,7 @@ def save_adapter(model: nn.Module, directory: str | Path, base_model_name_or_pat
         "peft_type": "LORA", "task_type": TASK_TYPES[model.config.architecture],
         "base_model_name_or_path": base_model_name_or_path, "revision": None, "inference_mode": True,
         "r": r, "lora_alpha": alpha, "lora_dropout": first.dropout_p, "target_modules": target_modules,
-        "bias": "none", "fan_in_fan_out": model.config.family == "gpt2", "use_rslora": first.use_rslora,
+        "bias": "none", "fan_in_fan_out": bool(family.CONV1D), "use_rslora": first.use_rslora,
         "use_dora": False, "modules_to_save": None, "init_lora_weights": True,
         "rank_pattern": rank_pattern, "alpha_pattern": alpha_pattern,
         "layers_to_transform": None, "layers_pattern": None,
@@ -242,15 +227,15 @@ def _load_lora(model: nn.Module, config: dict, tensors: dict) -> nn.Module:
                              "weights of Linear layers)")
         modules.setdefault(match.group(1), {})[match.group(2)] = tensor
     use_rslora = bool(config.get("use_rslora", False))
+    fused = family_module(model.config).FUSED
     ranks, alphas, weights = {}, {}, {}
     for hf, pair in modules.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise ValueError(f"adapter for {hf!r} lacks {'lora_B' if 'lora_A' in pair else 'lora_A'}")
         rank = pair["lora_A"].shape[0]
         alpha = _pattern_value(config.get("alpha_pattern"), hf, config.get("lora_alpha", 8))
-        gpt2_fused = model.config.family == "gpt2" and hf.endswith(".attn.c_attn")
-        parts = ([(hf.removesuffix("c_attn") + f"{p}_proj", b) for p, b in zip("qkv", pair["lora_B"].chunk(3))]
-                 if gpt2_fused else [(hf, pair["lora_B"])])
+        names = fused_parts(hf, fused)  # a fused module's B splits into equal row blocks; A is shared
+        parts = list(zip(names, pair["lora_B"].chunk(len(names)))) if names else [(hf, pair["lora_B"])]
         for part, B in parts:
             name = from_hf_module(model, part)
             if not isinstance(_submodule(model, name), nn.Linear):

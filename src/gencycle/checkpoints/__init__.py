@@ -3,7 +3,19 @@
 `load_model(path)` reads a Hugging Face model folder (config.json plus
 model.safetensors, sharded safetensors with an index, or pytorch_model.bin), a
 llama-architecture `.gguf` file, or a packaged model name. `save_pretrained` writes
-the Hugging Face layout back. Each family has a small module with its name table.
+the Hugging Face layout back.
+
+Each family has one module that holds all it does differently, for HF files, GGUF files
+and PEFT adapters alike (the generic code here, in gguf.py and in adapters/peft_format.py
+asks it):
+    MODEL_TYPES, table(config)        the HF model types it reads; its name table (names.py)
+    config_from_hf / config_to_hf     HF config dict <-> ModelConfig; config_from_hf refuses
+                                      what gencycle does not support, before weights are read
+    weights_from_hf / weights_to_hf   per-family tensor changes (transposes, fused tensors)
+    name_from_hf / name_to_hf         a file's prefix quirks, for weight and module names
+    IGNORED, FUSED, CONV1D            tensors to skip; HF modules fused from several of ours;
+                                      HF weights stored transposed (GPT-2's Conv1D)
+and, for a family with a GGUF column (gguf.FAMILIES), config_from_gguf / weights_from_gguf.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from . import bert, gpt2, llama, t5
 from .names import rename
 
 FAMILIES = {model_type: module for module in (gpt2, llama, bert, t5) for model_type in module.MODEL_TYPES}
-FAMILY_MODULE = {"gpt2": gpt2, "llama": llama, "qwen2": llama, "bert": bert, "t5": t5}
+FAMILY_MODULE = {"gpt2": gpt2, "llama": llama, "qwen2": llama, "bert": bert, "t5": t5}  # ModelConfig.family
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -50,6 +62,14 @@ def family_of(hf_config: dict):
         raise ValueError(f"unsupported architecture {model_type!r} (architectures: {hf_config.get('architectures')}); "
                          f"gencycle supports model_type {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
+
+
+def family_module(config: ModelConfig):
+    """The family module of a ModelConfig, or a clear error for a family without a HF layout."""
+    if config.family not in FAMILY_MODULE:
+        raise ValueError(f"family {config.family!r} has no Hugging Face layout; "
+                         f"supported: {', '.join(FAMILY_MODULE)}")
+    return FAMILY_MODULE[config.family]
 
 
 # ------------------------------------------------------------------ reading files
@@ -104,7 +124,7 @@ def load_hf_state(model: Transformer, family, hf_state: dict[str, torch.Tensor])
     for hf_name, tensor in family.weights_from_hf(hf_state, config).items():
         name = rename(hf_name, table, to_hf=False)
         if name is None or name not in expected:
-            if not any(hf_name.endswith(s) or s in hf_name for s in getattr(family, "IGNORED", ())):
+            if not any(s in hf_name for s in family.IGNORED):
                 unexpected.append(hf_name)
             continue
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -126,10 +146,7 @@ def load_hf_state(model: Transformer, family, hf_state: dict[str, torch.Tensor])
 def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     """The model's weights under the HF names of its family (tied matrices stored once)."""
     config = model.config
-    family = FAMILY_MODULE.get(config.family)
-    if family is None:
-        raise ValueError(f"family {config.family!r} has no Hugging Face layout; "
-                         f"supported: {', '.join(FAMILY_MODULE)}")
+    family = family_module(config)
     table = family.table(config)
     state = {}
     for name, tensor in model.state_dict().items():
@@ -173,7 +190,7 @@ def _load(path: str | Path, dtype=None, device=None) -> Transformer:
     if not config_path.exists():
         raise FileNotFoundError(f"no config.json in {str(path)!r}")
     hf_config = json.loads(config_path.read_text())
-    family_of(hf_config)  # fail on an unknown architecture before reading gigabytes
+    family_of(hf_config).config_from_hf(hf_config)  # refuse what is not supported before reading gigabytes
     return model_from_hf(hf_config, read_weights(path), dtype, device)
 
 
@@ -184,11 +201,7 @@ def save_pretrained(model: Transformer, directory: str | Path, safe_serializatio
                          "needs the original ones: save the model before quantizing it")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    family = FAMILY_MODULE.get(model.config.family)
-    if family is None:
-        raise ValueError(f"family {model.config.family!r} has no Hugging Face layout; "
-                         f"supported: {', '.join(FAMILY_MODULE)}")
-    hf_config = family.config_to_hf(model.config)
+    hf_config = family_module(model.config).config_to_hf(model.config)
     hf_config["torch_dtype"] = str(model.dtype).removeprefix("torch.")
     state = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict(model).items()}
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")

@@ -25,11 +25,22 @@ TABLE = [
     ("cls.predictions.decoder", "lm_head"),
 ]
 IGNORED = ("position_ids", "cls.predictions.bias", "cls.seq_relationship")
+FUSED, CONV1D = {}, ()
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}
 
 
 def table(config: ModelConfig) -> list[tuple[str, str]]:
     return TABLE
+
+
+def name_from_hf(name: str, config: ModelConfig) -> str:
+    """A weight or module name of a file (or PEFT adapter) -> the table's: BertModel has no `bert.` prefix."""
+    return name if name.startswith(("bert.", "cls.")) else "bert." + name
+
+
+def name_to_hf(name: str, config: ModelConfig) -> str:
+    """The table's name -> the file's: BertForMaskedLM keeps `bert.`, BertModel drops it."""
+    return name if config.mlm_head else name.removeprefix("bert.")
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -65,7 +76,7 @@ def config_to_hf(config: ModelConfig) -> dict:
 def weights_from_hf(state: dict, config: ModelConfig) -> dict:
     """Give BertModel files (no prefix) the `bert.` prefix of the table; the MLM head's bias is
     stored as `cls.predictions.bias` (its tied copy `decoder.bias` may be absent)."""
-    state = {(k if k.startswith(("bert.", "cls.")) else "bert." + k): v for k, v in state.items()}
+    state = {name_from_hf(k, config): v for k, v in state.items()}
     if "cls.predictions.bias" in state:
         state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
     return state
@@ -77,4 +88,4 @@ def weights_to_hf(state: dict, config: ModelConfig) -> dict:
         out = {k: v for k, v in state.items() if not k.startswith("bert.pooler.")}
         out["cls.predictions.bias"] = out.pop("cls.predictions.decoder.bias")
         return out
-    return {k.removeprefix("bert."): v for k, v in state.items()}
+    return {name_to_hf(k, config): v for k, v in state.items()}

@@ -1,15 +1,16 @@
-"""Read a llama-architecture GGUF file (llama.cpp's format) into the Hugging Face layout.
+"""Read a GGUF file (llama.cpp's format) into the Hugging Face layout.
 
-`read_gguf(path)` returns `(hf_config, state_dict)`: a transformers-style LlamaConfig
-dict and fp32 tensors under LlamaForCausalLM's key names, so the HF llama converter
-can take it from there. `load_gguf_cached(path)` does the same, converting once and
-keeping the result as safetensors + config json in a cache folder.
+`read_gguf(path)` returns `(hf_config, state_dict)`: a transformers-style config dict and
+fp32 tensors under the HF model's key names, so the HF converter can take it from there.
+`load_gguf_cached(path)` does the same, converting once and keeping the result as
+safetensors + config json in a cache folder.
 
-Two things GGUF does differently from HF, undone here:
-- shapes are stored in ggml's `ne` order (fastest-varying dimension first), the
-  reverse of PyTorch's; `[576, 1536]` in the file is a `(1536, 576)` weight.
-- llama.cpp's converter permutes the rows of the q and k projections (q with
-  n_head, k with n_head_kv) for its interleaved RoPE; `_unpermute_rope` inverts it.
+This file knows the container: the header, ggml's `ne` shape order (fastest-varying
+dimension first, the reverse of PyTorch's: `[576, 1536]` in the file is a `(1536, 576)`
+weight) and dequantization. What the names and numbers mean belongs to the family
+module (`llama.py`): its table's GGUF column, `config_from_gguf` for the metadata and
+`weights_from_gguf` for llama.cpp's q/k row order. The config is checked by the family's
+`config_from_hf`, as for an HF folder, before any tensor is dequantized.
 """
 
 from __future__ import annotations
@@ -19,43 +20,25 @@ import json
 import os
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+from ..model.config import ModelConfig
+from . import llama
+from .names import GGUF, HF, translate
+
+FAMILIES = {"llama": llama}  # general.architecture -> the family module with that GGUF column
 
 # Tensor types that dequantize to fp32 here (names as gguf.GGMLQuantizationType spells them).
 # K-quants are dequantized by the gguf package too (its numpy reference code).
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-
-# GGUF tensor name (inside blk.{i}) -> HF name (inside model.layers.{i}).
-_LAYER_TENSORS = {
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.bias": "self_attn.o_proj.bias",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-    "ffn_gate.bias": "mlp.gate_proj.bias",
-    "ffn_up.bias": "mlp.up_proj.bias",
-    "ffn_down.bias": "mlp.down_proj.bias",
-    "attn_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
+                          "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 _PROGRESS_THRESHOLD = 50  # show a progress bar when dequantizing more tensors than this
 _CACHE_FORMAT = 1  # bump when the conversion changes, so old cache entries are not reused
+_REQUIRED = object()
 
 
 # ----------------------------------------------------------------------------- reading
@@ -86,171 +69,80 @@ def _open(path: Path):
     return reader
 
 
-def _field(reader, key: str, default=None):
+def _field(reader, key: str, default=_REQUIRED):
+    """One metadata value (a float32 as the shortest decimal that round-trips: 1e-05, not 9.99e-06);
+    a missing key is an error unless a default is given."""
     field = reader.fields.get(key)
     if field is None:
+        if default is _REQUIRED:
+            raise ValueError(f"missing the GGUF metadata key {key}")
         return default
-    return field.contents()
+    value = field.contents()
+    if [t.name for t in field.types] == ["FLOAT32"]:
+        value = float(str(np.float32(value)))
+    return value
 
 
-def _float(value) -> float:
-    """A float32 metadata value as the shortest decimal that round-trips (1e-05, not 9.99e-06)."""
-    return float(str(np.float32(value)))
+def _shape(tensor) -> tuple[int, ...]:
+    return tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml ne order -> PyTorch order
+
+
+def _dequantize(tensor) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    values = dequantize(tensor.data, tensor.tensor_type)
+    # copy=True: F32 (and some F16 paths) come back as views of the file's memory map
+    return np.array(values, dtype=np.float32, copy=True).reshape(_shape(tensor))
+
+
+def _header(reader, path: Path):
+    """(family module, hf_config, ModelConfig) from the metadata and tensor names alone."""
+    arch = _field(reader, "general.architecture", None)
+    family = FAMILIES.get(arch)
+    if family is None:
+        raise ValueError(f"{str(path)!r}: GGUF architecture {arch!r} is not supported; "
+                         f"supported architectures: {', '.join(FAMILIES)}")
+    try:
+        shapes = {t.name: _shape(t) for t in reader.tensors}
+        hf_config = family.config_from_gguf(arch, partial(_field, reader), shapes)
+        return family, hf_config, family.config_from_hf(hf_config)  # refused as an HF folder would be
+    except ValueError as error:
+        raise ValueError(f"{str(path)!r}: {error}") from None
+
+
+def read_gguf_config(path: str | os.PathLike) -> tuple[dict, ModelConfig]:
+    """`(hf_config, ModelConfig)` of a GGUF file, from its header; no tensor is read."""
+    path = Path(path).expanduser()
+    _, hf_config, config = _header(_open(path), path)
+    return hf_config, config
 
 
 def _config_from_metadata(reader, path: Path) -> dict:
-    arch = _field(reader, "general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"{str(path)!r}: GGUF architecture {arch!r} is not supported; "
-                         f"supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}")
-
-    def need(key: str):
-        value = _field(reader, f"{arch}.{key}")
-        if value is None:
-            raise ValueError(f"{str(path)!r} is missing the GGUF metadata key {arch}.{key!s}")
-        return value
-
-    if _field(reader, f"{arch}.expert_count", 0):
-        raise ValueError(f"{str(path)!r}: mixture-of-experts llama GGUFs (expert_count > 0) are not supported")
-    hidden = int(need("embedding_length"))
-    n_head = int(need("attention.head_count"))
-    n_kv = _field(reader, f"{arch}.attention.head_count_kv", n_head)
-    if isinstance(n_kv, list):  # some files store one value per layer
-        if len(set(n_kv)) != 1:
-            raise ValueError(f"{str(path)!r}: per-layer key/value head counts {n_kv} are not supported")
-        n_kv = n_kv[0]
-    head_dim = int(_field(reader, f"{arch}.attention.key_length", 0) or hidden // n_head)
-    rope_dim = _field(reader, f"{arch}.rope.dimension_count")
-    if rope_dim is not None and int(rope_dim) != head_dim:
-        raise ValueError(f"{str(path)!r}: RoPE on {rope_dim} of {head_dim} head dimensions "
-                         f"(partial rotary) is not supported for llama")
-
-    rope_scaling = None
-    scaling_type = _field(reader, f"{arch}.rope.scaling.type")
-    if scaling_type not in (None, "none"):
-        if scaling_type != "linear":
-            raise ValueError(f"{str(path)!r}: RoPE scaling type {scaling_type!r} is not supported (only linear)")
-        rope_scaling = {"rope_type": "linear", "factor": _float(need("rope.scaling.factor"))}
-
-    vocab = _field(reader, f"{arch}.vocab_size")
-    if vocab is None:
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = len(tokens.data) if tokens is not None else None
-    if vocab is None:
-        embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
-        vocab = int(embd.shape[1]) if embd is not None else None
-    if vocab is None:
-        raise ValueError(f"{str(path)!r}: cannot tell the vocabulary size (no {arch}.vocab_size, "
-                         f"no tokenizer.ggml.tokens, no token_embd.weight)")
-
-    def token_id(name: str):
-        value = _field(reader, f"tokenizer.ggml.{name}_token_id")
-        return None if value is None else int(value)
-
-    names = {t.name for t in reader.tensors}
-    return {
-        "model_type": "llama",
-        "architectures": ["LlamaForCausalLM"],
-        "vocab_size": int(vocab),
-        "hidden_size": hidden,
-        "intermediate_size": int(need("feed_forward_length")),
-        "num_hidden_layers": int(need("block_count")),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": int(n_kv),
-        "head_dim": head_dim,
-        "max_position_embeddings": int(need("context_length")),
-        "rms_norm_eps": _float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_theta": _float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
-        "rope_scaling": rope_scaling,
-        "hidden_act": "silu",
-        "tie_word_embeddings": "output.weight" not in names,
-        "bos_token_id": token_id("bos"),
-        "eos_token_id": token_id("eos"),
-        "pad_token_id": token_id("padding"),
-        "attention_bias": "blk.0.attn_q.bias" in names,
-        "mlp_bias": "blk.0.ffn_gate.bias" in names,
-    }
-
-
-def _hf_name(gguf_name: str, n_layers: int) -> str | None:
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    parts = gguf_name.split(".", 2)
-    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and int(parts[1]) < n_layers:
-        inner = _LAYER_TENSORS.get(parts[2])
-        if inner is not None:
-            return f"model.layers.{parts[1]}.{inner}"
-    return None
-
-
-def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
-    h, hd, ff, v = config["hidden_size"], config["head_dim"], config["intermediate_size"], config["vocab_size"]
-    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
-    shapes = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
-    if not config["tie_word_embeddings"]:
-        shapes["lm_head.weight"] = (v, h)
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update({
-            p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-            p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-            p + "mlp.gate_proj.weight": (ff, h), p + "mlp.up_proj.weight": (ff, h),
-            p + "mlp.down_proj.weight": (h, ff),
-            p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-        })
-        if config["attention_bias"]:
-            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
-                           p + "self_attn.v_proj.bias": (kv,), p + "self_attn.o_proj.bias": (h,)})
-        if config["mlp_bias"]:
-            shapes.update({p + "mlp.gate_proj.bias": (ff,), p + "mlp.up_proj.bias": (ff,),
-                           p + "mlp.down_proj.bias": (h,)})
-    return shapes
-
-
-def _unpermute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Inverse of llama.cpp's `permute(w, n_head, n_head_kv)` (convert_hf_to_gguf.py).
-
-    llama.cpp: w.reshape(n_head, 2, rows // n_head // 2, *rest).swapaxes(1, 2).reshape(w.shape)
-    Here the caller passes n_head for q and n_head_kv for k; works for weights and biases.
-    """
-    half = w.shape[0] // n_head // 2
-    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _dequantize(tensor, path: Path) -> np.ndarray:
-    from gguf.quants import dequantize
-
-    type_name = tensor.tensor_type.name
-    if type_name not in SUPPORTED_TENSOR_TYPES:
-        raise ValueError(f"{str(path)!r}: tensor {tensor.name!r} has type {type_name}, which gencycle does not "
-                         f"dequantize; supported types: {', '.join(SUPPORTED_TENSOR_TYPES)}")
-    shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml ne order -> PyTorch order
-    values = dequantize(tensor.data, tensor.tensor_type)
-    # copy=True: F32 (and some F16 paths) come back as views of the file's memory map
-    return np.array(values, dtype=np.float32, copy=True).reshape(shape)
+    """The old private name cli/estimate.py calls; `read_gguf_config` is the public one."""
+    return _header(reader, path)[1]
 
 
 def read_gguf(path: str | os.PathLike, progress: bool | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Read a llama GGUF file: `(hf_config, state_dict)` in the Hugging Face LlamaForCausalLM layout.
+    """Read a GGUF file: `(hf_config, state_dict)` in the Hugging Face layout of its family.
 
-    Tensors come back dequantized to fp32 (types: F32, F16, Q8_0, Q4_0, Q4_1), with q/k
-    un-permuted to HF's RoPE layout. `progress=None` shows a bar for files of more than
-    50 tensors. Bad files raise ValueError naming the file and the problem.
+    Everything that can be refused from the header is refused before a tensor is dequantized:
+    the architecture, metadata the family does not support (RoPE scaling, ...), tensor names
+    outside the family's table and tensor types outside SUPPORTED_TENSOR_TYPES. Tensors come
+    back in fp32. `progress=None` shows a bar for files of more than 50 tensors. Bad files
+    raise ValueError naming the file and the problem.
     """
     path = Path(path).expanduser()
     reader = _open(path)
-    config = _config_from_metadata(reader, path)
-    n_layers = config["num_hidden_layers"]
-
-    wanted = []
+    family, hf_config, config = _header(reader, path)
+    table, wanted = family.table(config), []
     for t in reader.tensors:
-        if t.name == "rope_freqs.weight":
-            raise ValueError(f"{str(path)!r}: tensor 'rope_freqs.weight' (llama-3 style RoPE frequency "
-                             f"scaling) is not supported")
-        hf = _hf_name(t.name, n_layers)
+        hf = translate(t.name, table, GGUF, HF)
         if hf is None:
-            raise ValueError(f"{str(path)!r}: unexpected tensor {t.name!r} for a llama GGUF with "
-                             f"{n_layers} layers (not a plain llama model?)")
+            raise ValueError(f"{str(path)!r}: unexpected tensor {t.name!r} for a {config.family} GGUF "
+                             f"(not a plain {config.family} model?)")
+        if t.tensor_type.name not in SUPPORTED_TENSOR_TYPES:
+            raise ValueError(f"{str(path)!r}: tensor {t.name!r} has type {t.tensor_type.name}, which gencycle does "
+                             f"not dequantize; supported types: {', '.join(SUPPORTED_TENSOR_TYPES)}")
         wanted.append((t, hf))
 
     if progress is None:
@@ -258,27 +150,9 @@ def read_gguf(path: str | os.PathLike, progress: bool | None = None) -> tuple[di
     if progress:
         from tqdm.auto import tqdm
         wanted = tqdm(wanted, desc=f"dequantizing {path.name}", unit="tensor")
-
-    state_dict: dict[str, torch.Tensor] = {}
-    for t, hf in wanted:
-        w = _dequantize(t, path)
-        if hf.endswith(("q_proj.weight", "q_proj.bias")):
-            w = _unpermute_rope(w, config["num_attention_heads"])
-        elif hf.endswith(("k_proj.weight", "k_proj.bias")):
-            w = _unpermute_rope(w, config["num_key_value_heads"])
-        state_dict[hf] = torch.from_numpy(np.ascontiguousarray(w))
+    state_dict = {hf: torch.from_numpy(_dequantize(t)) for t, hf in wanted}
     del reader  # drop the memory map; every tensor above is a copy
-
-    expected = _expected_shapes(config)
-    missing = [k for k in expected if k not in state_dict]
-    if missing:
-        raise ValueError(f"{str(path)!r} is incomplete: missing tensors {missing[:5]}"
-                         f"{' ...' if len(missing) > 5 else ''}")
-    for k, shape in expected.items():
-        if tuple(state_dict[k].shape) != shape:
-            raise ValueError(f"{str(path)!r}: tensor {k} has shape {tuple(state_dict[k].shape)}, "
-                             f"but the metadata implies {shape}")
-    return config, state_dict
+    return hf_config, family.weights_from_gguf(state_dict, config)
 
 
 # ----------------------------------------------------------------------------- caching

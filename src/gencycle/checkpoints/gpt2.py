@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from ..model.config import ModelConfig
+from .names import fused_parts, fused_whole
 
 MODEL_TYPES = ("gpt2",)
 
@@ -15,7 +14,7 @@ TABLE = [
     ("transformer.wpe", "embed_positions"),
     ("transformer.h.{i}.ln_1", "decoder.layers.{i}.attn_norm"),
     ("transformer.h.{i}.attn.c_proj", "decoder.layers.{i}.self_attn.o_proj"),
-    # c_attn is split into these three on load and fused again on save
+    # c_attn is split into these three on load and fused again on save (FUSED)
     ("transformer.h.{i}.attn.q_proj", "decoder.layers.{i}.self_attn.q_proj"),
     ("transformer.h.{i}.attn.k_proj", "decoder.layers.{i}.self_attn.k_proj"),
     ("transformer.h.{i}.attn.v_proj", "decoder.layers.{i}.self_attn.v_proj"),
@@ -27,11 +26,21 @@ TABLE = [
 ]
 IGNORED = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers in old files
 CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+FUSED = {"c_attn": ("q_proj", "k_proj", "v_proj")}  # one HF module holding three of ours (names.fused_parts)
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
 def table(config: ModelConfig) -> list[tuple[str, str]]:
     return TABLE
+
+
+def name_from_hf(name: str, config: ModelConfig) -> str:
+    """A weight or module name of a file (or PEFT adapter) -> the table's: GPT2Model lacks `transformer.`."""
+    return name if name.startswith(("transformer.", "lm_head")) else "transformer." + name
+
+
+def name_to_hf(name: str, config: ModelConfig) -> str:
+    return name  # written as GPT2LMHeadModel, whose names the table uses
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -68,29 +77,29 @@ def weights_from_hf(state: dict, config: ModelConfig) -> dict:
     transpose Conv1D weights to Linear layout, split the fused c_attn into q/k/v."""
     out = {}
     for name, tensor in state.items():
-        if not name.startswith(("transformer.", "lm_head.")):
-            name = "transformer." + name
+        name = name_from_hf(name, config)
         if name.endswith(CONV1D):
             tensor = tensor.t()
-        if ".attn.c_attn." in name:
-            prefix, kind = name.split(".attn.c_attn.")
-            for proj, part in zip("qkv", tensor.chunk(3, dim=0)):
-                out[f"{prefix}.attn.{proj}_proj.{kind}"] = part.contiguous()
-        else:
+        module, _, kind = name.rpartition(".")
+        parts = fused_parts(module, FUSED)
+        if not parts:
             out[name] = tensor
+            continue
+        for part, block in zip(parts, tensor.chunk(len(parts), dim=0)):
+            out[f"{part}.{kind}"] = block.contiguous()
     return out
 
 
 def weights_to_hf(state: dict, config: ModelConfig) -> dict:
     """The inverse: fuse q/k/v into c_attn and transpose back to Conv1D layout."""
-    out, parts = {}, {}
+    out, blocks = {}, {}
     for name, tensor in state.items():
-        match = re.match(r"(transformer\.h\.\d+)\.attn\.([qkv])_proj\.(\w+)$", name)
-        if match:
-            prefix, proj, kind = match.groups()
-            parts.setdefault((prefix, kind), {})[proj] = tensor
+        module, _, kind = name.rpartition(".")
+        whole = fused_whole(module, FUSED)
+        if whole:
+            blocks.setdefault(f"{whole}.{kind}", {})[module] = tensor
         else:
             out[name] = tensor
-    for (prefix, kind), qkv in parts.items():
-        out[f"{prefix}.attn.c_attn.{kind}"] = torch.cat([qkv[p] for p in "qkv"], dim=0)
-    return {k: (v.t().contiguous() if k.endswith(CONV1D) else v) for k, v in out.items()}
+    for name, parts in blocks.items():
+        out[name] = torch.cat([parts[p] for p in fused_parts(name.rpartition(".")[0], FUSED)], dim=0)
+    return {name_to_hf(k, config): (v.t().contiguous() if k.endswith(CONV1D) else v) for k, v in out.items()}

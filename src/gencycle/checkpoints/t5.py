@@ -6,6 +6,7 @@ from ..model.config import ModelConfig
 
 MODEL_TYPES = ("t5",)
 IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")  # copies of `shared`
+FUSED, CONV1D = {}, ()
 
 
 def table(config: ModelConfig) -> list[tuple[str, str]]:
@@ -28,6 +29,14 @@ def table(config: ModelConfig) -> list[tuple[str, str]]:
                  (f"{hf}{ff}.DenseReluDense.wo", f"{ours}mlp.down_proj"),
                  (f"{hf}{ff}.layer_norm", f"{ours}mlp_norm")]
     return rows
+
+
+def name_from_hf(name: str, config: ModelConfig) -> str:
+    return name  # one layout: file, table and PEFT names agree
+
+
+def name_to_hf(name: str, config: ModelConfig) -> str:
+    return name
 
 
 ACTIVATIONS = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu"}
