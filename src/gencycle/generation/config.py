@@ -5,7 +5,8 @@
     config.replace(num_beams=4)                             # a new, re-validated config
 
 Greedy decoding is the default; `do_sample=True` samples; `num_beams > 1` runs beam search.
-Off-values: top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0.
+Off-values: top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
+frequency_penalty=0.0, no_repeat_ngram_size=0.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ class GenerationConfig:
     temperature: float = 1.0           # >= 0; logits / temperature before sampling (0 = greedy)
     top_k: int = 0                     # sample among the k most likely tokens (0 = all)
     top_p: float = 1.0                 # nucleus: the smallest set whose probability reaches top_p, (0, 1]
+    min_p: float = 0.0                 # drop tokens less likely than min_p x the most likely one's, [0, 1]
     repetition_penalty: float = 1.0    # > 0; > 1 discourages tokens already in the sequence (CTRL paper)
+    presence_penalty: float = 0.0      # OpenAI's: subtracted from the logit of every token generated so far
+    frequency_penalty: float = 0.0     # OpenAI's: subtracted once per time a token was generated so far
     no_repeat_ngram_size: int = 0      # forbid repeating any n-gram of this size (0 = off)
     num_beams: int = 1                 # > 1: beam search
     length_penalty: float = 1.0        # beam scores are divided by length ** length_penalty
@@ -59,7 +63,10 @@ class GenerationConfig:
         _number("temperature", self.temperature, ">= 0 (0 means greedy)", lambda v: v >= 0 and v != math.inf)
         _integer("top_k", self.top_k, 0)
         _number("top_p", self.top_p, "in (0, 1]", lambda v: 0 < v <= 1)
+        _number("min_p", self.min_p, "in [0, 1]", lambda v: 0 <= v <= 1)
         _number("repetition_penalty", self.repetition_penalty, "> 0 (1.0 = off)", lambda v: 0 < v < math.inf)
+        _number("presence_penalty", self.presence_penalty, "(finite)", math.isfinite)
+        _number("frequency_penalty", self.frequency_penalty, "(finite)", math.isfinite)
         _integer("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
         _integer("num_beams", self.num_beams, 1)
         _number("length_penalty", self.length_penalty, "(finite)", math.isfinite)

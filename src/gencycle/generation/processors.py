@@ -3,9 +3,10 @@
 `process` composes them in the order Hugging Face `transformers` applies them:
 
     repetition penalty -> no-repeat n-gram -> min length (block EOS)        # every mode
-    -> temperature -> top-k -> top-p                                        # sampling only
+    -> presence / frequency penalties (OpenAI's, over the generated tokens)
+    -> temperature -> top-k -> top-p -> min-p                               # sampling only
 
-The first three reshape what the model said; the last three shape the distribution the
+The first four reshape what the model said; the last four shape the distribution the
 sampler draws from. A removed token gets -inf, so softmax gives it probability 0.
 N = rows (batch x beams), T = tokens so far, V = vocabulary.
 """
@@ -58,6 +59,22 @@ def min_new_tokens(scores: torch.Tensor, generated: int, minimum: int, eos_ids: 
     return scores
 
 
+def token_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """How often each token occurs in each row of ids (N, t): (N, V) float."""
+    counts = torch.zeros(ids.shape[0], vocab_size, device=ids.device)
+    return counts.scatter_add_(1, ids, torch.ones(ids.shape, device=ids.device))
+
+
+def presence_frequency_penalty(scores: torch.Tensor, counts: torch.Tensor, presence: float | torch.Tensor,
+                               frequency: float | torch.Tensor) -> torch.Tensor:
+    """OpenAI's additive penalties: logit[j] - counts[j] * frequency - (counts[j] > 0) * presence.
+
+    counts (N, V): how often each token was generated so far (`token_counts`); presence, frequency:
+    numbers, or (N, 1) tensors (one value per row). Positive values discourage repeats.
+    """
+    return scores - counts * frequency - (counts > 0).to(scores.dtype) * presence
+
+
 def temperature(scores: torch.Tensor, t: float) -> torch.Tensor:
     """softmax(scores / t): t < 1 sharpens, t > 1 flattens, t = 1 leaves it unchanged."""
     return scores if t == 1.0 else scores / t
@@ -82,19 +99,33 @@ def top_p(scores: torch.Tensor, p: float) -> torch.Tensor:
     return scores.masked_fill(drop.scatter(1, order, drop), -torch.inf)
 
 
+def min_p(scores: torch.Tensor, p: float | torch.Tensor) -> torch.Tensor:
+    """Keep the tokens whose probability is at least p x the most likely token's; p = 0 keeps all.
+    p: a number, or an (N, 1) tensor (one value per row)."""
+    if not isinstance(p, torch.Tensor) and p <= 0.0:
+        return scores
+    probs = scores.softmax(dim=1)
+    return scores.masked_fill(probs < p * probs.max(dim=1, keepdim=True).values, -torch.inf)
+
+
 def process(scores: torch.Tensor, ids: torch.Tensor, config: GenerationConfig, generated: int,
             eos_ids: list[int], padding: torch.Tensor | None = None, warp: bool = True) -> torch.Tensor:
     """Apply the configured processors to scores (N, V) given the sequences so far `ids` (N, T).
 
-    `generated`: tokens generated so far (the same for every row). `padding` (N,): left padding
-    of each row, which the repetition penalty skips. `warp`: apply the sampling processors
-    (temperature, top-k, top-p) when the config samples.
+    `generated`: tokens generated so far (the same for every row): the last `generated` columns of
+    `ids`, which the presence / frequency penalties count. `padding` (N,): left padding of each row,
+    which the repetition penalty skips. `warp`: apply the sampling processors (temperature, top-k,
+    top-p, min-p) when the config samples.
     """
     scores = repetition_penalty(scores, ids, config.repetition_penalty, padding)
     scores = no_repeat_ngram(scores, ids, config.no_repeat_ngram_size)
     scores = min_new_tokens(scores, generated, config.min_new_tokens, eos_ids)
+    if config.presence_penalty or config.frequency_penalty:
+        counts = token_counts(ids[:, ids.shape[1] - generated:], scores.shape[1])
+        scores = presence_frequency_penalty(scores, counts, config.presence_penalty, config.frequency_penalty)
     if warp and not config.greedy:
         scores = temperature(scores, config.temperature)
         scores = top_k(scores, config.top_k)
         scores = top_p(scores, config.top_p)
+        scores = min_p(scores, config.min_p)
     return scores
