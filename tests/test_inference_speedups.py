@@ -1,96 +1,120 @@
-"""Inference speed-ups in the model: fused q|k|v and gate|up projections (layers.FusedLinears: one
-matmul at inference, with the parameters, their names, training, LoRA and the Hugging Face round
-trip unchanged), and the one-query attention path used when decoding in bf16."""
+"""Inference speed-ups in the model: q|k|v and gate|up fused into one Linear each (model/fusion.py:
+one matmul per group, with the state_dict names, training and the Hugging Face round trip
+unchanged), and the one-query attention path used when decoding in bf16."""
 
 import copy
 
+import pytest
 import torch
+from torch import nn
 
 import gencycle
 from gencycle.adapters import apply_lora, merge_lora
+from gencycle.model.fusion import FusedLinear, fuse_for_inference, unfuse_projections
+
+SHAPES = {"tiny-llama": dict(vocab_size=128),
+          "gpt2-124m": dict(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                            max_position_embeddings=64)}
 
 
-def model_pair():
+def model_pair(preset: str = "tiny-llama"):
     torch.manual_seed(0)
-    config = gencycle.preset("tiny-llama", vocab_size=128)
-    plain = gencycle.Transformer(config).eval()
-    fused = copy.deepcopy(plain).fuse_projections()
-    return plain, fused
+    plain = gencycle.Transformer(gencycle.preset(preset, **SHAPES[preset])).eval()
+    return plain, fuse_for_inference(copy.deepcopy(plain))
 
 
-def shares_storage(*tensors) -> bool:
-    return len({t.untyped_storage().data_ptr() for t in tensors}) == 1
+def assert_same_state(a: nn.Module, b: nn.Module, **tolerance) -> None:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert list(state_a) == list(state_b)  # the same names in the same order
+    for name in state_a:
+        torch.testing.assert_close(state_a[name], state_b[name], msg=name, **(tolerance or dict(rtol=0, atol=0)))
 
 
-def test_fusing_changes_storage_not_parameters():
-    plain, fused = model_pair()
+@pytest.mark.parametrize("preset", ["tiny-llama", "gpt2-124m"])
+def test_fusing_replaces_the_layers_and_keeps_their_names(preset):
+    plain, fused = model_pair(preset)
     attention, mlp = fused.decoder.layers[0].self_attn, fused.decoder.layers[0].mlp
-    assert shares_storage(attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight)
-    assert shares_storage(mlp.gate_proj.weight, mlp.up_proj.weight)
-    assert list(plain.state_dict()) == list(fused.state_dict())
+    assert isinstance(attention.qkv_proj, FusedLinear) and attention.q_proj is None
+    assert attention.qkv_proj.bias is not None if preset == "gpt2-124m" else attention.qkv_proj.bias is None
+    if preset == "tiny-llama":
+        assert isinstance(mlp.gate_up_proj, FusedLinear) and mlp.gate_proj is None and mlp.up_proj is None
+    else:  # GPT-2's MLP is not gated: nothing to fuse
+        assert mlp.gate_up_proj is None and type(mlp.up_proj) is nn.Linear
     assert plain.num_parameters() == fused.num_parameters()
+    assert_same_state(plain, fused)
     ids = torch.randint(0, 128, (2, 12))
     with torch.no_grad():
-        assert attention._fused.usable([attention.q_proj, attention.k_proj, attention.v_proj])
         torch.testing.assert_close(fused(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
+    assert fuse_for_inference(fused).decoder.layers[0].self_attn.qkv_proj is attention.qkv_proj  # twice: no change
 
 
-def test_load_model_fuses_and_the_hf_round_trip_still_works(tmp_path):
-    plain, _ = model_pair()
-    gencycle.save_pretrained(plain, tmp_path / "a")
-    loaded = gencycle.load_model(tmp_path / "a", device="cpu")
-    assert loaded.decoder.layers[0].self_attn._fused is not None
-    gencycle.save_pretrained(loaded, tmp_path / "b")
-    again = gencycle.load_model(tmp_path / "b", device="cpu")
-    for (name, a), b in zip(plain.state_dict().items(), again.state_dict().values()):
-        assert torch.equal(a, b), name
+@pytest.mark.parametrize("preset", ["tiny-llama", "gpt2-124m"])
+def test_a_fused_model_saves_and_loads_the_separate_names(preset, tmp_path):
+    plain, fused = model_pair(preset)
+    gencycle.save_pretrained(fused, tmp_path / "fused")  # the HF layout (GPT-2: q|k|v joined as c_attn)
+    loaded = gencycle.load_model(tmp_path / "fused", device="cpu")
+    assert type(loaded.decoder.layers[0].self_attn.q_proj) is nn.Linear  # load_model does not fuse
+    assert_same_state(plain, loaded)
+
+    torch.manual_seed(1)
+    state = gencycle.Transformer(plain.config).state_dict()
+    names, weight = list(state), fused.decoder.layers[0].self_attn.qkv_proj.weight
+    fused.load_state_dict(state)  # strict: the separate names are joined into the fused weights
+    assert list(state) == names and fused.decoder.layers[0].self_attn.qkv_proj.weight is weight  # in place
+    plain.load_state_dict(fused.state_dict())
+    assert_same_state(plain, fused)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*self_attn\.qkv_proj\.weight"):
+        fused.load_state_dict({k: v for k, v in state.items() if ".0.self_attn.k_proj." not in k})
 
 
-def test_training_updates_reach_the_fused_weight():
-    _, fused = model_pair()
-    fused.train()
-    ids = torch.randint(0, 128, (2, 12))
-    loss = fused(ids).logits.logsumexp(-1).mean()  # grad mode: the layers run one by one
-    loss.backward()
-    q_proj = fused.decoder.layers[0].self_attn.q_proj
-    assert q_proj.weight.grad is not None and q_proj.weight.grad.abs().sum() > 0
-    with torch.no_grad():
-        for p in fused.parameters():
-            p -= 0.1 * p.grad if p.grad is not None else 0
-    fused.eval()
-    reference = copy.deepcopy(fused)  # a deep copy has its own storage per parameter: unfused
-    assert reference.decoder.layers[0].self_attn._fused is None
-    with torch.no_grad():
-        torch.testing.assert_close(fused(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
-
-
-def test_dtype_change_refuses_and_lora_falls_back():
+def test_training_a_fused_model_takes_the_same_steps():
     plain, fused = model_pair()
+    ids, q_weight = torch.randint(0, 128, (2, 12)), plain.decoder.layers[0].self_attn.q_proj.weight.clone()
+    for model in (plain, fused):
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(2):
+            model(ids).logits.logsumexp(-1).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    assert not torch.equal(plain.decoder.layers[0].self_attn.q_proj.weight, q_weight)  # the steps did move it
+    assert_same_state(plain, fused, rtol=1e-5, atol=1e-6)
+
+
+def test_dtype_moves_and_copies_keep_the_fusion():
+    plain, fused = model_pair()
+    with torch.inference_mode():
+        fused = fuse_for_inference(unfuse_projections(fused))
+    assert not fused.decoder.layers[0].self_attn.qkv_proj.weight.is_inference()  # ordinary, versioned tensors
+    fused_bf16, plain_bf16 = copy.deepcopy(fused).to(torch.bfloat16), copy.deepcopy(plain).to(torch.bfloat16)
+    assert fused_bf16.decoder.layers[1].self_attn.qkv_proj.weight.dtype == torch.bfloat16
     ids = torch.randint(0, 128, (1, 9))
-    fused_bf16, plain_bf16 = copy.deepcopy(fused).fuse_projections().to(torch.bfloat16), copy.deepcopy(plain).to(torch.bfloat16)
-    attention = fused_bf16.decoder.layers[1].self_attn
-    assert attention._fused.weight.dtype == torch.bfloat16
-    assert attention._fused.usable([attention.q_proj, attention.k_proj, attention.v_proj]) is False  # grad mode
     with torch.no_grad():
-        assert attention._fused.usable([attention.q_proj, attention.k_proj, attention.v_proj])
         torch.testing.assert_close(fused_bf16(ids).logits, plain_bf16(ids).logits, rtol=0.02, atol=0.02)
 
-    # LoRA replaces q_proj / v_proj: the fused path steps aside, and comes back after merging
-    torch.manual_seed(1)
-    apply_lora(fused, rank=2, target_modules=("q_proj", "v_proj"))
-    torch.manual_seed(1)
-    apply_lora(plain, rank=2, target_modules=("q_proj", "v_proj"))
+
+def test_lora_takes_the_separate_layers_and_fusing_steps_around_it():
+    plain, fused = model_pair()
+    unfuse_projections(fused)
+    assert all(type(fused.get_submodule(f"decoder.layers.0.{name}")) is nn.Linear
+               for name in ("self_attn.q_proj", "self_attn.v_proj", "mlp.gate_proj"))
+    assert_same_state(plain, fused)
     for model in (fused, plain):
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.5)
+        apply_lora(model, rank=2, target_modules=("q_proj", "v_proj"))
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    fuse_for_inference(fused)  # q|k|v holds LoRA layers: it stays as it is; gate|up fuses
+    attention, ids = fused.decoder.layers[0].self_attn, torch.randint(0, 128, (1, 9))
+    assert attention.qkv_proj is None and isinstance(fused.decoder.layers[0].mlp.gate_up_proj, FusedLinear)
     with torch.no_grad():
-        for name, p in fused.named_parameters():
-            dict(plain.named_parameters())[name].copy_(p)
         torch.testing.assert_close(fused(ids).logits, plain(ids).logits, rtol=1e-5, atol=1e-5)
-        merge_lora(fused, unload=True)
-        attention = fused.decoder.layers[0].self_attn
-        assert attention._fused.usable([attention.q_proj, attention.k_proj, attention.v_proj])
+        for model in (fused, plain):
+            merge_lora(model, unload=True)
+        fuse_for_inference(fused)
+        assert isinstance(attention.qkv_proj, FusedLinear)
         torch.testing.assert_close(fused(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
 
 

@@ -32,7 +32,7 @@ def tiny_llama(vocab_size=256, hidden_size=128, **overrides) -> gencycle.Transfo
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.1)  # peaked predictions, so that arg-max agreement means something
-    return model.eval().fuse_projections()
+    return model.eval()  # quantize_model fuses q|k|v and gate|up itself
 
 
 def snap_to_int4_grid(model: nn.Module, group_size: int = 32) -> None:
@@ -151,7 +151,7 @@ def test_in_features_not_a_multiple_of_the_group_size_falls_back_to_int8():
 
 def test_strict_int4_names_the_layer_it_cannot_take():
     model = tiny_llama(hidden_size=80, num_heads=4, num_kv_heads=2)
-    with pytest.raises(ValueError, match=r"int4 cannot quantize decoder\.layers\.0\.self_attn\.q\|k\|v_proj "
+    with pytest.raises(ValueError, match=r"int4 cannot quantize decoder\.layers\.0\.self_attn\.qkv_proj "
                                          r"\(160 x 80\): in_features 80 is not a multiple of the group size 32"):
         quantize_model(model, "int4-g32", strict=True)
 
@@ -168,6 +168,8 @@ def test_default_group_size_is_32_and_the_head_may_fall_back():
 
 def test_lora_layers_must_be_merged_first():
     from gencycle.adapters import apply_lora
-    model = apply_lora(tiny_llama(), rank=2, target_modules=("q_proj",))
-    with pytest.raises(ValueError, match="merge LoRA adapters"):
-        quantize_model(model, "int8")
+    for target in ("q_proj", "down_proj"):
+        model = apply_lora(tiny_llama(), rank=2, target_modules=(target,))
+        with pytest.raises(ValueError, match="merge LoRA adapters"):
+            quantize_model(model, "int8")
+        assert type(model.decoder.layers[0].self_attn.o_proj) is nn.Linear  # checked before any layer changed

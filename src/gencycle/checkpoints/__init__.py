@@ -165,13 +165,13 @@ def load_model(path: str | Path, dtype=None, device=None, quantize: str | None =
 
     quantize: None, "int8" or "int4" ("int4-g32" picks the group size): weight-only quantization
     for inference (see `gencycle.model.quantize`); the rest of the model keeps `dtype` (fp32 by
-    default: on CPU, faster than bf16 around the int8 / int4 kernels). q|k|v and gate|up are fused
-    for inference (`Transformer.fuse_projections`).
+    default: on CPU, faster than bf16 around the int8 / int4 kernels). q|k|v and gate|up stay separate
+    layers (LoRA targets them); quantize, compile_decoding and `Transformer.fuse_projections` fuse them.
     """
     if quantize is not None:
         from ..model.quantize import parse_mode
         parse_mode(quantize)  # a bad name fails before the weights are read
-    model = _load(path, dtype, device).fuse_projections()
+    model = _load(path, dtype, device)
     if quantize is not None:
         from ..model.quantize import quantize_model
         quantize_model(model, quantize)

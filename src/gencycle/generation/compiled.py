@@ -1,7 +1,7 @@
 """Compiled decoding: each one-token step of greedy / sampling generation as one compiled graph.
 
     model = compile_decoding(load_model("smollm2-135m-instruct", quantize="int4"))
-    model.generate(ids, max_new_tokens=128)    # first call per (batch, size): compiles, ~10-40 s
+    generate(model, ids, max_new_tokens=128)    # first call per (batch, size): compiles, ~10-40 s
 
 At batch 1 a small model's decoding step is a few hundred tiny kernels, and in eager PyTorch the
 Python and dispatch cost of launching them is as large as the matrix products themselves
@@ -12,12 +12,24 @@ Python and dispatch cost of launching them is as large as the matrix products th
   gets its own graph, so a handful of graphs serve every prompt (torch caches them on disk);
 - inductor's "freezing" makes the weights constants of the graph, which lets it pre-pack the
   fp32 / bf16 matrices for oneDNN's matrix kernels (on CPU much faster than the plain layout
-  with MKL, see _onednn_fp32_linears) at the cost of a packed copy of them in memory. The
-  graph therefore does not see later changes to the weights: compile after training or
-  merging adapters, not before;
+  with MKL, see _onednn_fp32_linears) at the cost of a packed copy of them in memory;
 - inductor's C++ wrapper launches the graph's kernels, and torch checks only the identity of the
   weights before each step (not thousands of module attributes): a step costs little more than
   its kernels. SmolLM2-135M int4 decodes about 2x faster than eagerly (`make bench`).
+  compile_decoding fuses q|k|v and gate|up first (model/fusion.py).
+
+The graph cannot see a change to the model, so each generate call (once, not each step) compares
+the model's `fingerprint` with the one taken when the compiled step was built: the module tree
+(names, types, train / eval mode) and, for every parameter and buffer, its identity, data pointer,
+dtype, device and version counter, which in-place writes bump (load_state_dict, copy_, merging
+LoRA), plus the count of torch.optim steps that updated it (fused AdamW bumps no version counter).
+Any difference (adapters added, merged or loaded, weights loaded or trained, `.to(dtype / device)`)
+builds the step again: that call compiles anew (tens of seconds; in torch 2.13 the old graphs'
+memory, about the weights' size, is not returned, even by torch._dynamo.reset). Not checked: plain
+attributes of modules (a LoRA layer's `scaling`, a config field), writes through `.data` or from
+outside torch, and writes to tensors made under torch.inference_mode (they have no version
+counter). A wrapper around a compiled model (PromptTuningModel) is refused: the compiled steps are
+the bare model's.
 
 The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
 calls with gradients enabled decode eagerly. A finished row is not dropped from the compiled
@@ -29,15 +41,22 @@ from __future__ import annotations
 import contextlib
 import shutil
 import threading
+import types
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..model.cache import StaticKVCache
-from ..model.layers import FusableMixin
+from ..model.fusion import fuse_for_inference
+from ..model.transformer import Transformer
 from .state import DecodeState
 
 MIN_SLOTS = 64
-MAX_GRAPHS = 128  # compiled decoding steps per process, all models together
+MAX_GRAPHS = 128  # graphs of one compiled step: one per batch size and cache size
+_REBUILD = threading.Lock()
+_OPTIMIZER_STEPS = WeakIdKeyDictionary()  # parameter -> torch.optim steps over it, once compile_decoding ran
+_watching = False
 
 
 def has_cpp_compiler() -> bool:
@@ -46,25 +65,75 @@ def has_cpp_compiler() -> bool:
 
 
 def compile_decoding(model):
-    """Make `generate` / `stream` on this decoder-only model run compiled steps; returns the model."""
+    """Make `generate` / `stream` on this decoder-only Transformer run compiled steps; returns the
+    model, in eval mode with its projections fused (`fuse_for_inference`)."""
+    if not isinstance(model, Transformer):
+        raise TypeError(f"compile_decoding takes a Transformer, not a {type(model).__name__}: compiled steps "
+                        "run the model's own decode_step, without what a wrapper adds")
     if model.config.architecture != "decoder":
         raise ValueError(f"compiled decoding is for decoder-only models, not {model.config.architecture!r} ones")
     if model.device.type == "cpu" and not has_cpp_compiler():
         raise RuntimeError("compiled decoding on CPU needs a C++ compiler (g++ or clang++) for torch.compile; "
                            "install one, or decode eagerly (without compile)")
-    model.eval()
-    for module in model.modules():  # the graph cannot check fused storage pointers: check them now
-        if isinstance(module, FusableMixin):
-            module.refresh_fused()
+    fuse_for_inference(model.eval())
+    _watch_optimizer_steps()
     model.compiled_decoding = CompiledStep(model)
     return model
 
 
-class CompiledStep:
-    """The model's compiled `decode_step`; torch keeps one graph per (batch size, cache slots)."""
+def _watch_optimizer_steps() -> None:
+    """Count torch.optim steps per parameter from now on (one hook for the process, for `fingerprint`)."""
+    global _watching
+    with _REBUILD:
+        if not _watching:
+            register_optimizer_step_post_hook(_count_optimizer_step)
+            _watching = True
 
-    def __init__(self, model):
-        self.function = torch.compile(model.decode_step, fullgraph=True, dynamic=False,
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            _OPTIMIZER_STEPS[parameter] = _OPTIMIZER_STEPS.get(parameter, 0) + 1
+
+
+def fingerprint(model) -> tuple:
+    """What a compiled step checks before each generate call (see the module docstring)."""
+    parts = []
+    for name, module in model.named_modules():
+        parts.append((name, type(module), module.training))
+        for key, t in (*module._parameters.items(), *module._buffers.items()):
+            if t is None:
+                parts.append((key, None))
+            else:
+                version = -1 if t.is_inference() else t._version
+                parts.append((key, id(t), t.data_ptr(), t.dtype, t.device, version, _OPTIMIZER_STEPS.get(t)))
+    return tuple(parts)
+
+
+def current_step(model) -> "CompiledStep":
+    """The model's compiled step; built again first when the model changed since (`fingerprint`)."""
+    step = model.compiled_decoding
+    if step.model is not model:
+        raise TypeError(f"this {type(model).__name__} wraps a model given to compile_decoding, whose compiled "
+                        "steps would skip what the wrapper adds; generate with a wrapper around a model that is "
+                        "not compiled (`del <model>.compiled_decoding` makes it decode eagerly again)")
+    now = fingerprint(model)
+    if now != step.fingerprint:
+        with _REBUILD:
+            step = model.compiled_decoding
+            if now != step.fingerprint:
+                step = model.compiled_decoding = CompiledStep(model, now)
+    return step
+
+
+class CompiledStep:
+    """The model's compiled `decode_step` and the `fingerprint` of the model it was built for;
+    torch keeps one graph per (batch size, cache slots)."""
+
+    def __init__(self, model, fingerprint_now: tuple | None = None):
+        self.model = model
+        self.fingerprint = fingerprint(model) if fingerprint_now is None else fingerprint_now
+        self.function = torch.compile(_own_decode_step(model), fullgraph=True, dynamic=False,
                                       options={"guard_filter_fn": _identity_guards_on_modules})
         self.lock = threading.Lock()
 
@@ -73,8 +142,8 @@ class CompiledStep:
         # options= would come too late. They are global, so calls take turns.
         #   freezing: weights become constants (fp32 / bf16 matrices pre-packed for oneDNN);
         #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python;
-        #   recompile_limit: torch counts graphs per function, across models: one per model,
-        #   batch size and cache size (its default, 8, is two models at two batch sizes).
+        #   recompile_limit: torch counts a step's graphs, one per batch size and cache size
+        #   (its default, 8, is four batch sizes at two cache sizes).
         from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
         with (self.lock, inductor.patch(freezing=True, cpp_wrapper=True), dynamo.patch(recompile_limit=MAX_GRAPHS),
@@ -103,11 +172,22 @@ def _onednn_fp32_linears():
         device_op.pack_linear_weight, device_op.pack_linear = pack_weight, pack_linear
 
 
+def _own_decode_step(model):
+    """model.decode_step over its own copy of the function's code. torch.compile keeps graphs per
+    code object, and their guards tell models apart only by the identity of their tensors: a step
+    built again for a model whose weights were loaded in place would find the stale graphs. With
+    its own code object a step's graphs are its own, and are freed with it."""
+    function = type(model).decode_step
+    own = types.FunctionType(function.__code__.replace(), function.__globals__, function.__name__,
+                             function.__defaults__, function.__closure__)
+    return types.MethodType(own, model)
+
+
 def _identity_guards_on_modules(entries) -> list[bool]:
     """Which of torch's guards to check before each step. Of those on the model's modules, keep the
     identity checks of its parameters and buffers: they tell one model's graph (its weights frozen
     in) from another's. The thousands of checks on module attributes would cost about 1 ms a step
-    at batch 1; the structure of a model given to compile_decoding must not change afterwards."""
+    at batch 1; changes of structure are caught once per generate call instead (`fingerprint`)."""
     return [not entry.orig_guard.source.is_unspecialized_nn_module() or entry.guard_type == "ID_MATCH"
             for entry in entries]
 
@@ -121,6 +201,7 @@ class CompiledDecodeState(DecodeState):
     """A decoder-only DecodeState whose steps after the prompt run the model's compiled step."""
 
     def __init__(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int):
+        self.step = current_step(model)  # checked once per generate call, before any work
         super().__init__(model, input_ids, attention_mask, max_new_tokens)
         B, T = input_ids.shape
         filled = torch.zeros(B, self.cache.max_length, dtype=torch.bool, device=input_ids.device)
@@ -146,7 +227,7 @@ class CompiledDecodeState(DecodeState):
             self.tokens[self.rows] = ids
         self.bias[..., slot] = 0
         cache.position = torch.tensor([slot], device=ids.device)
-        logits = self.model.compiled_decoding(self.tokens, self.positions, self.bias, cache)
+        logits = self.step(self.tokens, self.positions, self.bias, cache)
         cache.advance(1)
         self.positions += 1
         return logits if self.rows is None else logits[self.rows]

@@ -14,6 +14,9 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
+from .fusion import FusedNames
+
+FusableMixin = FusedNames  # only for transformer.py's import of the old name; remove the two together
 
 
 # ---------------------------------------------------------------- norms
@@ -110,94 +113,8 @@ class RelativePositionBias(nn.Module):
         return bias.permute(2, 0, 1)[None]
 
 
-# ---------------------------------------------------------------- fused projections
-class FusedLinears:
-    """nn.Linear layers that read the same input, stored as row blocks of one weight (q|k|v, gate|up).
-
-    Each layer keeps its own Parameter, so state_dict names, LoRA, optimizers and the Hugging Face
-    round trip see no change: only the Parameter's storage becomes a view of the shared tensor
-    (no extra memory). Inference then runs one matmul instead of several. `usable(layers)` says
-    whether the layers are still plain, hook-free nn.Linear over that storage; after LoRA wraps a
-    layer, a weight is re-assigned, or the module is deep-copied, callers run the layers one by one.
-    This is deliberately not a registered module: it adds nothing to state_dict or parameters().
-    """
-
-    def __init__(self, layers: list[nn.Linear]):
-        with torch.no_grad():
-            self.weight = torch.cat([layer.weight for layer in layers])                # (sum N, K)
-            self.bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-            self.sizes = [layer.out_features for layer in layers]
-            for layer, w, b in zip(layers, self.weight.split(self.sizes), self._bias_parts()):
-                layer.weight.data = w
-                if b is not None:
-                    layer.bias.data = b
-        self.pointers = self._pointers(layers)
-
-    def _bias_parts(self):
-        return self.bias.split(self.sizes) if self.bias is not None else [None] * len(self.sizes)
-
-    @staticmethod
-    def _pointers(layers) -> tuple:
-        return tuple((layer.weight.data_ptr(), None if layer.bias is None else layer.bias.data_ptr())
-                     if type(layer) is nn.Linear else None for layer in layers)
-
-    def __deepcopy__(self, memo):
-        return None  # a deep copy's parameters get their own storage: it runs unfused until fused again
-
-    @classmethod
-    def of(cls, layers: list) -> "FusedLinears | None":
-        """Fuse the layers, or None when they are not plain nn.Linear with matching bias / dtype / device."""
-        if not all(type(layer) is nn.Linear for layer in layers):
-            return None
-        first = layers[0].weight
-        if any(l.weight.dtype != first.dtype or l.weight.device != first.device or l.weight.is_meta
-               or (l.bias is None) != (layers[0].bias is None) for l in layers):
-            return None
-        return cls(layers)
-
-    def usable(self, layers) -> bool:
-        return (not torch.is_grad_enabled()
-                and all(type(l) is nn.Linear and not l._forward_hooks and not l._forward_pre_hooks for l in layers)
-                # data_ptr cannot be traced: a compiled decoder checks the pointers before compiling
-                and (torch.compiler.is_compiling() or self._pointers(layers) == self.pointers))
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
-
-
-class FusableMixin:
-    """Keeps a module's FusedLinears valid across `.to(dtype/device)`, which gives every
-    parameter new storage: the layers are fused again afterwards."""
-
-    _fused: FusedLinears | None = None
-
-    def fusable_layers(self) -> list:
-        raise NotImplementedError
-
-    def fuse(self) -> None:
-        layers = self.fusable_layers()
-        self._fused = FusedLinears.of(layers) if len(layers) > 1 else None
-
-    def refresh_fused(self) -> None:
-        """Fuse again when the layers no longer sit on the fused storage (moved, re-assigned, wrapped)."""
-        fused = self._fused
-        if fused is not None and fused.pointers != FusedLinears._pointers(self.fusable_layers()):
-            self.fuse()
-
-    def _apply(self, fn, recurse=True):
-        module = super()._apply(fn, recurse)
-        self.refresh_fused()
-        return module
-
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        layers = self.fusable_layers()
-        if self._fused is not None and self._fused.usable(layers):
-            return self._fused(x)
-        return tuple(layer(x) for layer in layers)
-
-
 # ---------------------------------------------------------------- attention
-class Attention(FusableMixin, nn.Module):
+class Attention(FusedNames, nn.Module):
     """Multi-head (grouped-query) attention; self-attention or cross-attention.
 
     Runs through `F.scaled_dot_product_attention`, or computes the weights
@@ -211,7 +128,7 @@ class Attention(FusableMixin, nn.Module):
         self.k_proj = nn.Linear(C, Hkv * D, bias=config.qkv_bias)
         self.v_proj = nn.Linear(C, Hkv * D, bias=config.qkv_bias)
         self.o_proj = nn.Linear(H * D, C, bias=config.attn_out_bias)
-        self.qkv_proj: nn.Module | None = None  # set by quantization: q|k|v as one QuantizedLinear
+        self.qkv_proj: nn.Module | None = None  # q|k|v as one layer, once fused (model/fusion.py)
         self.num_heads, self.num_kv_heads, self.head_dim = H, Hkv, D
         self.scale = D ** -0.5 if config.scale_attention else 1.0
         self.layer_index, self.cross = layer_index, cross
@@ -236,15 +153,15 @@ class Attention(FusableMixin, nn.Module):
         weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         return (weights @ v).reshape(B, H, 1, D)
 
-    def fusable_layers(self) -> list:
-        return [] if self.cross or self.q_proj is None else [self.q_proj, self.k_proj, self.v_proj]
+    def fusable(self) -> dict[str, tuple[str, ...]]:
+        return {} if self.cross else {"qkv_proj": ("q_proj", "k_proj", "v_proj")}
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, T, C) -> q (B, T, H*D), k, v (B, T, Hkv*D): one matmul when fused."""
         if self.qkv_proj is not None:
             D = self.head_dim
             return self.qkv_proj(x).split([self.num_heads * D, self.num_kv_heads * D, self.num_kv_heads * D], -1)
-        return self.project(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(
         self,
@@ -313,7 +230,7 @@ def dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     return module(x) if module.training and module.p > 0 else x
 
 
-class FeedForward(FusableMixin, nn.Module):
+class FeedForward(FusedNames, nn.Module):
     """Position-wise MLP: down(act(up(x))), or gated down(act(gate(x)) * up(x)) (SwiGLU, gated-GELU)."""
 
     def __init__(self, config: ModelConfig):
@@ -322,12 +239,13 @@ class FeedForward(FusableMixin, nn.Module):
         self.gate_proj = nn.Linear(C, F_, bias=config.mlp_bias) if config.gated_mlp else None
         self.up_proj = nn.Linear(C, F_, bias=config.mlp_bias)
         self.down_proj = nn.Linear(F_, C, bias=config.mlp_bias)
-        self.gate_up_proj: nn.Module | None = None  # set by quantization: gate|up as one QuantizedLinear
+        self.gate_up_proj: nn.Module | None = None  # gate|up as one layer, once fused (model/fusion.py)
         self.act = ACT[config.activation]
         self.dropout = nn.Dropout(config.dropout)
 
-    def fusable_layers(self) -> list:
-        return [] if self.gate_proj is None else [self.gate_proj, self.up_proj]
+    def fusable(self) -> dict[str, tuple[str, ...]]:
+        gated = self.gate_proj is not None or self.gate_up_proj is not None
+        return {"gate_up_proj": ("gate_proj", "up_proj")} if gated else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = self.act.forward  # the function itself: one module call less per layer
@@ -335,8 +253,7 @@ class FeedForward(FusableMixin, nn.Module):
             gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
             h = act(gate) * up
         elif self.gate_proj is not None:
-            gate, up = self.project(x)
-            h = act(gate) * up
+            h = act(self.gate_proj(x)) * self.up_proj(x)
         else:
             h = act(self.up_proj(x))
         return self.down_proj(dropout(self.dropout, h))

@@ -3,10 +3,10 @@
     model = load_model("smollm2-135m-instruct", quantize="int8")    # or "int4", "int4-g32"
     quantize_model(model, "int4", group_size=64)                    # an already loaded model
 
-Every Linear of the encoder and decoder stacks becomes a `QuantizedLinear`; the self-attention
-q|k|v and the gated MLP's gate|up are first fused into one layer each (same numbers: int8 scales
-are per output row and int4 groups run along the input, so fusing rows changes nothing), which
-saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation
+Every Linear of the encoder and decoder stacks becomes a `QuantizedLinear`, after the self-attention
+q|k|v and the gated MLP's gate|up are fused into one layer each (`fusion.fuse_for_inference`; same
+numbers: int8 scales are per output row and int4 groups run along the input, so stacking rows
+changes nothing), which saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation
 type; the rest of the model (embedding, norms, attention, KV cache) keeps its dtype. The matmuls
 are PyTorch's own kernels: `aten._weight_int8pack_mm` (CPU and CUDA), `aten._weight_int4pack_mm_for_cpu` on CPU and
 `aten._weight_int4pack_mm` (tinygemm, sm80+) on CUDA.
@@ -33,6 +33,7 @@ import warnings
 import torch
 from torch import nn
 
+from .fusion import FusedLinear, fuse_for_inference
 from .layers import Attention, FeedForward
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -165,15 +166,6 @@ class _Quantizer:
         self.fallbacks.append(f"{name} ({problem})")
         return QuantizedLinear(weight, bias, 8)
 
-    def linears(self, name: str, layers: list) -> QuantizedLinear:
-        """One QuantizedLinear for nn.Linear layers sharing an input (their rows stacked)."""
-        for i, layer in enumerate(layers):
-            if type(layer) is not nn.Linear:
-                raise ValueError(f"cannot quantize {name}: layer {i} is a {type(layer).__name__}, not a plain "
-                                 "nn.Linear (merge LoRA adapters into the weights first: merge_lora(model, unload=True))")
-        weight = torch.cat([layer.weight for layer in layers])
-        bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
-        return self(name, weight, bias)
 
 
 @torch.no_grad()
@@ -191,25 +183,16 @@ def quantize_model(model, mode: str = "int8", group_size: int | None = None, str
         raise ValueError(f"the model is already quantized ({model.quantization})")
     bits, group_size = parse_mode(mode, group_size)
     quantize = _Quantizer(bits, group_size, strict)
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Attention):
-            if module.cross:
-                for proj in ("q_proj", "k_proj", "v_proj"):
-                    setattr(module, proj, quantize.linears(f"{name}.{proj}", [getattr(module, proj)]))
-            else:
-                module.qkv_proj = quantize.linears(f"{name}.q|k|v_proj",
-                                                   [module.q_proj, module.k_proj, module.v_proj])
-                module.q_proj = module.k_proj = module.v_proj = None
-            module.o_proj = quantize.linears(f"{name}.o_proj", [module.o_proj])
-            module._fused = None
-        elif isinstance(module, FeedForward):
-            if module.gate_proj is not None:
-                module.gate_up_proj = quantize.linears(f"{name}.gate|up_proj", [module.gate_proj, module.up_proj])
-                module.gate_proj = module.up_proj = None
-            else:
-                module.up_proj = quantize.linears(f"{name}.up_proj", [module.up_proj])
-            module.down_proj = quantize.linears(f"{name}.down_proj", [module.down_proj])
-            module._fused = None
+    fuse_for_inference(model)
+    layers = [(f"{name}.{child}", module, child, layer) for name, module in model.named_modules()
+              if isinstance(module, (Attention, FeedForward)) for child, layer in module.named_children()
+              if isinstance(layer, nn.Linear)]
+    for name, _, _, layer in layers:  # all checked before any is changed
+        if type(layer) not in (nn.Linear, FusedLinear):
+            raise ValueError(f"cannot quantize {name}: it is a {type(layer).__name__}, not a plain nn.Linear "
+                             "(merge LoRA adapters into the weights first: merge_lora(model, unload=True))")
+    for name, module, child, layer in layers:
+        setattr(module, child, quantize(name, layer.weight, layer.bias))
     if quantize_head and isinstance(getattr(model, "lm_head", None), nn.Module):
         head = model.lm_head
         model.lm_head = quantize("lm_head", head.weight, head.bias)  # a tied head gets its own copy

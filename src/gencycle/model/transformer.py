@@ -97,13 +97,11 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
 
     def fuse_projections(self) -> "Transformer":
-        """Store q|k|v and gate|up weights as row blocks of one tensor each, so inference runs one
-        matmul per block instead of two or three. Parameters, names and training are unchanged
-        (see `layers.FusedLinears`); `load_model` calls this. Returns the model."""
-        for module in self.modules():
-            if isinstance(module, FusableMixin):
-                module.fuse()
-        return self
+        """Fuse q|k|v and gate|up into one Linear layer each, so inference runs one matmul per group
+        instead of three or two (`fusion.fuse_for_inference`; compile_decoding and quantize_model
+        do it themselves). state_dict names stay the separate layers'. Returns the model."""
+        from .fusion import fuse_for_inference
+        return fuse_for_inference(self)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameters counted once each (a tied matrix is one parameter)."""
