@@ -101,3 +101,15 @@ def test_merged_layers_and_models_without_adapters_are_refused():
     with pytest.raises(ValueError, match="no LoRA adapters"):
         with disable_adapters(base):
             pass
+
+
+@torch.no_grad()
+def test_lora_on_a_model_fused_for_inference_goes_on_the_separate_layers():
+    """fuse_projections() joins q|k|v and gate|up; apply_lora splits them back and adapts q_proj / v_proj."""
+    base = gencycle.Transformer(gencycle.preset("tiny-llama", vocab_size=64, num_layers=2)).eval()
+    expected = base(IDS).logits
+    fused = copy.deepcopy(base).fuse_projections()
+    assert not any(name.endswith("q_proj") for name, _ in fused.named_modules())
+    model = apply_lora(fused, rank=4, alpha=8)
+    assert sorted({name.rsplit(".", 1)[-1] for name in lora_layers(model)}) == ["q_proj", "v_proj"]
+    torch.testing.assert_close(model(IDS).logits, expected, rtol=0, atol=1e-5)  # lora_B starts at zero

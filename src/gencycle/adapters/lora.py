@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..model.fusion import unfuse_projections
+
 # Short names for groups of targets (gencycle's module names; see HELPERS / model/layers.py).
 TARGET_GROUPS = {
     "attention": ("q_proj", "k_proj", "v_proj", "o_proj"),
@@ -156,7 +158,11 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def add_lora(model: nn.Module, names: Iterable[str], rank: int | dict[str, int], alpha: float | dict[str, float],
              dropout: float = 0.0, use_rslora: bool = False) -> None:
-    """Swap the named Linear modules for LoRALinear (rank / alpha may be per-module dicts)."""
+    """Swap the named Linear modules for LoRALinear (rank / alpha may be per-module dicts).
+
+    Projections fused for inference (q|k|v, gate|up) are split back first: adapters sit on the
+    separate layers, under the names PEFT uses."""
+    unfuse_projections(model)
     config = getattr(model, "config", None)
     for name in names:
         module = model.get_submodule(name)
@@ -191,6 +197,7 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16, dropout: floa
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
     if lora_layers(model):
         raise ValueError("the model already has LoRA adapters; merge_lora(model, unload=True) them first")
+    unfuse_projections(model)  # targets are the separate q / k / v and gate / up layers
     add_lora(model, find_targets(model, target_modules), rank, alpha, dropout, use_rslora)
     freeze_all_but(model, lambda n: ".lora_A." in n or ".lora_B." in n)
     return model

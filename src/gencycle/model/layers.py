@@ -16,7 +16,6 @@ from .cache import KVCache
 from .config import ModelConfig
 from .fusion import FusedNames
 
-FusableMixin = FusedNames  # only for transformer.py's import of the old name; remove the two together
 
 
 # ---------------------------------------------------------------- norms

@@ -16,7 +16,7 @@ from torch import nn
 
 from .cache import KVCache
 from .config import ModelConfig
-from .layers import ACT, Block, FusableMixin, RelativePositionBias, Rotary, make_norm, sinusoidal_table
+from .layers import ACT, Block, RelativePositionBias, Rotary, make_norm, sinusoidal_table
 
 
 @dataclass
