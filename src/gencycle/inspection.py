@@ -53,13 +53,14 @@ def format_card(card: dict) -> str:
 
 
 @torch.no_grad()
-def attention_maps(model: Transformer, tokenizer, text: str, layer: int) -> tuple[list[str], torch.Tensor]:
-    """Tokens of `text` and the attention weights (heads, T, T) of one layer (the model's main stack)."""
+def attention_maps(model: Transformer, tokenizer, text: str | list[int], layer: int) -> tuple[list[str], torch.Tensor]:
+    """Tokens of `text` and the attention weights (heads, T, T) of one layer (the model's main stack).
+    `text` may also be token ids (a prompt tokenized already, such as a chat-templated one)."""
     cfg = model.config
     n_layers = cfg.num_layers if cfg.architecture != "encoder-decoder" else cfg.num_encoder_layers
     if not -n_layers <= layer < n_layers:
         raise ValueError(f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    ids = torch.tensor([tokenizer.encode(text)], device=model.device)
+    ids = torch.tensor([tokenizer.encode(text) if isinstance(text, str) else list(text)], device=model.device)
     if cfg.architecture == "encoder-decoder":  # look at the encoder's self-attention
         _, attentions = model.encode(ids, return_attentions=True)
     else:
