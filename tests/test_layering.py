@@ -21,7 +21,8 @@ SOURCE = Path(__file__).resolve().parents[1] / "src" / "gencycle"
 # (layer, top-level names under gencycle/): each layer imports itself and the layers above it only.
 LAYERS = [
     ("model", {"model"}),                     # the lowest layer: knows nothing of files or decoding
-    ("helpers", {"assets"}),                  # packaged model names -> paths; a leaf
+    ("helpers", {"assets",                    # packaged model names -> paths; a leaf
+                 "errors"}),                  # UserError / OptionError: what bad input raises
     ("tokenizer", {"tokenizer"}),
     ("checkpoints", {"checkpoints"}),         # the HF layout and GGUF -> Transformer
     ("generation", {"generation",

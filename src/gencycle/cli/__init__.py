@@ -2,13 +2,21 @@
 
 Each area has a module with `register(subparsers)`; the commands it adds set
 `func(args)` as their handler.
+
+`main` is the one place where errors meet the user: bad input (a `gencycle.errors.UserError`,
+any ValueError, a missing or unreadable file) prints `gencycle VERB: error: ...` on one line
+and returns 2, as argparse does for a bad flag; an error about one option names its flag.
+Warnings print as `gencycle VERB: warning: ...`. Anything else is a bug and keeps its
+traceback; GENCYCLE_DEBUG=1 shows the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import warnings
 
 COMMAND_MODULES = [
     "gencycle.cli.estimate",
@@ -17,26 +25,75 @@ COMMAND_MODULES = [
     "gencycle.cli.generate",
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
+    "gencycle.cli.serve",
     "gencycle.cli.tokenizer",
 ]
+
+# What a user's input causes (UserError is a ValueError; UnicodeDecodeError too). OSError covers
+# missing, unreadable and unwritable files, which a command reports by name.
+USER_ERRORS = (ValueError, OSError)
+EPILOG = "Errors exit with status 2; GENCYCLE_DEBUG=1 shows their traceback."
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gencycle", description="The generative-AI project lifecycle "
-                                     "with transformer language models.")
+                                     "with transformer language models.", epilog=EPILOG)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that `args` ran: `gencycle tokenizer train` -> its `train` parser."""
+    while True:
+        sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or getattr(args, sub.dest, None) not in sub.choices:
+            return parser
+        parser = sub.choices[getattr(args, sub.dest)]
+
+
+def describe(error: BaseException, parser: argparse.ArgumentParser | None = None) -> str:
+    """One line for the user: the message, with the flag of the option it is about."""
+    from ..errors import OptionError
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.strerror}: {str(error.filename)!r}"  # not "[Errno 2] No such file or directory: ..."
+    else:
+        message = str(error) or type(error).__name__
+    if isinstance(error, UnicodeDecodeError):
+        message = f"input is not UTF-8 text ({error.reason} at byte {error.start})"
+    if isinstance(error, OptionError) and parser is not None:
+        flag = "--" + error.option.replace("_", "-")
+        if any(flag in action.option_strings for action in parser._actions):
+            message = f"argument {flag}: {message.removeprefix(error.option + ' ')}"  # as argparse words it
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
-        return args.func(args) or 0
-    except (FileNotFoundError, ValueError) as error:
-        print(f"gencycle {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, its message already printed)
+        return exit.code if isinstance(exit.code, int) else 2
+    verb = " ".join(filter(None, [args.command, getattr(args, "tokenizer_command", None)]))
+    here = command_parser(parser, args)
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        print(f"gencycle {verb}: warning: {message}", file=sys.stderr)
+
+    debug = os.environ.get("GENCYCLE_DEBUG", "") not in ("", "0")
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        try:
+            return args.func(args) or 0
+        except USER_ERRORS as error:
+            if debug:
+                raise
+            print(f"gencycle {verb}: error: {describe(error, here)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\ngencycle {verb}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

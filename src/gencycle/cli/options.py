@@ -6,16 +6,20 @@
 Each option of the config tree (`gencycle.workflows.config.options`) becomes `--its-name`; its help
 is the string under the field and its default the value in the instance given, so a workflow's
 own defaults show. Types: bool -> --x / --no-x; Literal -> choices; int, float, str, Path;
-tuple[float, float] -> two values; tuple[str, ...] / Sequence[str] -> one or more values,
-unless the union holds Path (`str | Path | Sequence[str]`: one path on the command line, the
-values themselves from Python); Optional[X] as X. Options of a nested config are grouped under
-its class name and docstring.
+tuple[float, float] -> two values; tuple[str, ...] / Sequence[str] -> one or more values, and
+the flag may be repeated (`--config a --config b`; numbers may also be written 0,1,3), unless the
+union holds Path (`str | Path | Sequence[str]`: one path on the command line, the values
+themselves from Python); Optional[X] as X, where a number also takes `none` (None: "off" or
+"the default", as its help says). Numbers must be finite. Options of a nested config are grouped
+under its class name and docstring. The values are checked by the config itself (its
+__post_init__), so `config_from_args` raises the same OptionError the Python API does.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections.abc
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,9 +41,52 @@ def _kinds(hint) -> list:
     return [hint]
 
 
+def number(kind: type, optional: bool = False):
+    """An argparse type: a finite int / float (and `none` -> None when the option is optional)."""
+    def parse(text: str):
+        if optional and text.strip().lower() == "none":
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {kind.__name__} value: {text!r}"
+                                             + (" (or none)" if optional else "")) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def number_list(kind: type):
+    """An argparse type: one number or several separated by commas ("0,1,3") -> a list."""
+    one = number(kind)
+
+    def parse(text: str):
+        parts = [part.strip() for part in text.split(",")]
+        if not all(parts):
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got {text!r}")
+        return [one(part) for part in parts]
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class Extend(argparse.Action):
+    """One or more values per use, the flag repeatable; the first use replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_lists", set())
+        items = list(getattr(namespace, self.dest) or ()) if self.dest in given else []
+        given.add(self.dest)
+        for value in values:
+            items.extend(value if isinstance(value, list) else [value])
+        setattr(namespace, self.dest, items)
+
+
 def argument(option: Option) -> dict:
     """argparse keyword arguments for one option."""
     kinds = _kinds(option.hint)
+    optional = type(None) in typing.get_args(option.hint)
     kwargs: dict = {"dest": option.name, "default": option.default}
     if kinds == [bool]:
         kwargs["action"] = argparse.BooleanOptionalAction
@@ -52,12 +99,16 @@ def argument(option: Option) -> dict:
         scalar = next((k for k in kinds if k in SCALARS), None)
         if items and items[0] in SCALARS and Path not in kinds:
             fixed = typing.get_origin(sequence) is tuple and Ellipsis not in items
-            kwargs.update(nargs=len(items) if fixed else "+", type=items[0])
+            numeric = items[0] in (int, float)
+            if fixed:
+                kwargs.update(nargs=len(items), type=number(items[0]) if numeric else items[0])
+            else:
+                kwargs.update(nargs="+", action=Extend, type=number_list(items[0]) if numeric else items[0])
         elif scalar is not None:
-            kwargs["type"] = str if scalar is Path else scalar
+            kwargs["type"] = number(scalar, optional) if scalar in (int, float) else str
         else:
             raise TypeError(f"{option.owner.__name__}.{option.name}: no command-line form for {option.hint}")
-    kwargs["help"] = _help(option, kwargs.get("action") is not None)
+    kwargs["help"] = _help(option, kwargs.get("action") is argparse.BooleanOptionalAction)
     return kwargs
 
 
@@ -95,5 +146,5 @@ def _first_line(doc: str | None) -> str | None:
 
 def config_from_args(config, args: argparse.Namespace):
     """`config` with every option replaced by its parsed flag (lists become tuples)."""
-    values = {option.name: getattr(args, option.name) for option in options(config)}
+    values = {option.name: getattr(args, option.name, option.default) for option in options(config)}
     return override(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -16,6 +16,7 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from rouge_score import rouge_scorer
+from tqdm.auto import tqdm
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -82,14 +83,16 @@ def _check(predictions: Sequence[str], references: Sequence[str]) -> None:
 
 @torch.no_grad()
 def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
-               max_length: int | None = None) -> float:
+               max_length: int | None = None, progress: bool = False) -> float:
     """Perplexity of a decoder-only model on texts: exp(mean next-token NLL over all tokens).
 
     `model(input_ids, attention_mask=mask)` must return an object with `.logits`
     of shape (B, T, V); token t is predicted from tokens < t. `tokenizer.encode(text)`
     gives the token ids (a list, or an object with `.ids`). Texts longer than
-    `max_length` tokens are truncated; pass the model's context length.
+    `max_length` tokens are truncated; pass the model's context length. progress: a bar over batches.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     ids = [_encode(tokenizer, text)[:max_length] for text in texts]
     if sum(max(len(x) - 1, 0) for x in ids) == 0:
         raise ValueError("perplexity needs at least one text of two or more tokens")
@@ -98,7 +101,8 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
     model.eval()
     total_nll, total_tokens = 0.0, 0
     try:
-        for start in range(0, len(ids), batch_size):
+        starts = range(0, len(ids), batch_size)
+        for start in tqdm(starts, desc="perplexity", unit="batch", leave=False, disable=not progress or len(starts) < 2):
             batch = ids[start:start + batch_size]
             width = max(len(x) for x in batch)
             input_ids = torch.zeros(len(batch), width, dtype=torch.long)  # right padding, masked out

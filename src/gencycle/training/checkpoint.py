@@ -113,8 +113,9 @@ def latest(out_dir: Path | None) -> Path | None:
     return done[-1] if done else None
 
 
-def load(trainer, path: Path) -> None:
-    """Restore model weights, optimizer, scheduler, sampler position and RNG states from `path`."""
+def load(trainer, path: Path) -> dict:
+    """Restore model weights, optimizer, scheduler, sampler position and RNG states from `path`;
+    returns the saved trainer state (its "config" and "max_steps" say how the run was set up)."""
     if not (path / STATE_FILE).exists():
         raise FileNotFoundError(f"{str(path)!r} is not a training checkpoint (no {STATE_FILE})")
     state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
@@ -153,3 +154,4 @@ def load(trainer, path: Path) -> None:
     trainer.sampler.load_state_dict(state["sampler"])
     trainer.step, trainer.history, trainer.tokens_seen = state["step"], state["history"], state["tokens_seen"]
     set_rng_state(torch.load(path / f"rng-rank{info.rank}.pt", map_location="cpu", weights_only=False), info.device)
+    return state

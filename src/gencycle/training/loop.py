@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Callable, Literal, get_args
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import OptionError
 from . import checkpoint, distributed
 from .data import EpochSampler
 from .objectives import lm_step, processed_tokens, scored_tokens
@@ -67,7 +70,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     """the schedule ends at lr x min_lr_ratio"""
     max_grad_norm: float | None = 1.0
-    """clip the gradient norm to this (None: no clipping)"""
+    """clip the gradient norm to this, > 0 (none: no clipping)"""
     precision: Precision = "auto"
     """auto: bf16 autocast on a GPU that supports it; fp32; bf16"""
     seed: int = 0
@@ -81,7 +84,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     """steps between checkpoints in the run folder"""
     keep_checkpoints: int = 2
-    """newest checkpoints kept (older ones are deleted)"""
+    """newest checkpoints kept, older ones are deleted (0 keeps every one)"""
     save_trainable_only: bool = True
     """checkpoints hold requires_grad parameters only"""
     out_dir: str | None = None
@@ -94,19 +97,39 @@ class TrainConfig:
     """free-form settings for a custom step function (the loop does not read them)"""
 
     def __post_init__(self):
-        checks = [(self.batch_size > 0, "batch_size"), (self.grad_accum > 0, "grad_accum"),
-                  (self.lr is None or self.lr > 0, "lr"),
-                  (self.max_steps is None or self.max_steps > 0, "max_steps"), (self.epochs > 0, "epochs"),
-                  (self.warmup_steps >= 0, "warmup_steps")]
-        for ok, name in checks:
-            if not ok:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if self.strategy not in distributed.STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; use one of {', '.join(distributed.STRATEGIES)}")
+        def number(name, ok, problem, integer=False):
+            value = getattr(self, name)
+            bad_type = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
+            if bad_type or not math.isfinite(value) or not ok(value):
+                raise OptionError(name, problem, value)
+
+        number("batch_size", lambda v: v >= 1, "must be an integer >= 1", integer=True)
+        number("grad_accum", lambda v: v >= 1, "must be an integer >= 1", integer=True)
+        if self.max_steps is not None:
+            number("max_steps", lambda v: v >= 1, "must be an integer >= 1 (or None: from --epochs)", integer=True)
+        number("epochs", lambda v: v > 0, "must be > 0")
+        if self.lr is not None:
+            number("lr", lambda v: v > 0, "must be positive")
+        number("weight_decay", lambda v: v >= 0, "must be >= 0 (0 = no weight decay)")
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise OptionError("betas", "must be two numbers in [0, 1)", self.betas)
+        number("warmup_steps", lambda v: v >= 0, "must be an integer >= 0", integer=True)
+        number("min_lr_ratio", lambda v: 0 <= v <= 1, "must be in [0, 1]")
+        if self.max_grad_norm is not None:  # a negative norm flips the gradient; 0 zeroes it
+            number("max_grad_norm", lambda v: v > 0, "must be > 0 (None, or `none` on the command line, "
+                   "turns clipping off)")
+        number("seed", lambda v: True, "must be an integer", integer=True)
+        for name in ("eval_every", "eval_batch_size", "checkpoint_every"):
+            if getattr(self, name) is not None:
+                number(name, lambda v: v >= 1, "must be an integer >= 1 (or None: off / the default)",
+                       integer=True)
+        number("keep_checkpoints", lambda v: v >= 0, "must be an integer >= 0 (0 keeps every one)", integer=True)
+        for name, choices in (("schedule", SCHEDULES), ("precision", PRECISIONS),
+                              ("strategy", distributed.STRATEGIES)):
+            if getattr(self, name) not in choices:
+                raise OptionError(name, "", message=f"unknown {name} {getattr(self, name)!r}; use one of "
+                                  f"{', '.join(choices)}")
 
 
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
@@ -234,7 +257,9 @@ class Trainer:
         size = self.config.eval_batch_size or self.config.batch_size
         mine = list(range(self.dist.rank, len(data), self.dist.world_size))
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
-        for start in range(0, len(mine), size):
+        starts = range(0, len(mine), size)
+        show = self.config.progress and self.dist.is_main and len(starts) > 1
+        for start in tqdm(starts, desc="eval loss", unit="batch", leave=False, disable=not show, dynamic_ncols=True):
             batch = self.collate_fn([data[i] for i in mine[start:start + size]])
             weight = float(self.weight_fn(batch))
             with self.autocast():
@@ -252,9 +277,7 @@ class Trainer:
         a path continues from that checkpoint.
         """
         if resume:
-            path = checkpoint.latest(self.out_dir) if resume is True else Path(resume)
-            if path is not None:
-                self.load_checkpoint(path)
+            self.resume(resume)
         cfg = self.config
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.is_main),
                    desc="training", dynamic_ncols=True)
@@ -298,5 +321,56 @@ class Trainer:
             raise ValueError("checkpoints need TrainConfig(out_dir=...)")
         return checkpoint.save(self, self.out_dir / "checkpoints")
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        checkpoint.load(self, Path(path))
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore the run from a checkpoint folder; returns its saved state."""
+        return checkpoint.load(self, Path(path))
+
+    # Settings a resumed run takes from this run's config rather than the checkpoint's
+    FOLLOWED = ("max_steps", "epochs", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "betas",
+                "max_grad_norm", "precision")
+
+    def resume(self, resume: bool | str | Path = True) -> Path | None:
+        """Continue from a checkpoint (True: the newest in out_dir), and say what was restored and
+        what this run changes. Changed schedule settings (max_steps, lr, warm-up, ...) are followed:
+        the learning rate at the restored step is the new schedule's, not the old one's last value.
+        Without a checkpoint, says so (a warning) and starts from step 0."""
+        if resume is True:
+            path = checkpoint.latest(self.out_dir)
+            if path is None:
+                where = self.out_dir / "checkpoints" if self.out_dir is not None else "(no out_dir)"
+                warnings.warn(f"resume: no checkpoint in {where}; starting from step 0", stacklevel=3)
+                return None
+        else:
+            path = Path(resume)
+        state = self.load_checkpoint(path)
+        saved = dict(state.get("config", {}), max_steps=state.get("max_steps"))
+        now = dict(asdict(self.config), max_steps=self.max_steps)
+        changed = [f"{k} {_show(saved[k])} -> {_show(now[k])}" for k in self.FOLLOWED
+                   if k in saved and _show(saved[k]) != _show(now[k])]
+        self._follow_config()
+        seed = f"; data order from the checkpoint (seed {saved['seed']})" if saved.get("seed") != self.config.seed \
+            and "seed" in saved else ""
+        if self.dist.is_main:
+            left = (f"{self.max_steps - self.step} step(s) to go" if self.step < self.max_steps
+                    else "no step left to train")
+            print(f"resumed from {path}: step {self.step} of {self.max_steps}, {left}; restored the weights, "
+                  f"optimizer, schedule position, data order and random state{seed}", file=sys.stderr)
+            if changed:
+                print(f"this run changes {', '.join(changed)}: the learning rate follows the new schedule from step "
+                      f"{self.step + 1} (lr {self.optimizer.param_groups[0]['lr']:.3g})", file=sys.stderr)
+        return path
+
+    def _follow_config(self) -> None:
+        """After a restore: this config's lr, betas and weight decay, and the lr of the schedule at this step."""
+        lr = DEFAULT_LR if self.config.lr is None else self.config.lr
+        factor = lr_lambda(self.config, self.max_steps)(self.step)
+        for group in self.optimizer.param_groups:
+            decays = group["params"][0].ndim >= 2
+            group.update(initial_lr=lr, lr=lr * factor, betas=tuple(self.config.betas),
+                         weight_decay=self.config.weight_decay if decays else 0.0)
+        self.scheduler.base_lrs = [lr] * len(self.optimizer.param_groups)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
+def _show(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -29,7 +29,9 @@ import textwrap
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
+
+from gencycle.errors import OptionError, check_output
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,9 @@ class Option:
     owner: type                   # the dataclass that declares it
 
 
+Dtype = Literal["fp32", "bf16", "fp16"]
+
+
 @dataclass
 class RunConfig:
     """Where the run writes, and what it runs on."""
@@ -50,11 +55,23 @@ class RunConfig:
     out: str | Path | None = None
     """run folder: checkpoints, metrics, loss curve, report.json, the trained model or adapter"""
     resume: bool = False
-    """continue from the newest checkpoint in --out"""
+    """continue from the newest checkpoint in --out (it says which, or that there is none)"""
     device: str | None = None
     """cpu, cuda, cuda:1, ... (default: this process's GPU when there is one, else cpu)"""
-    dtype: str | None = None
-    """weights dtype when the model is loaded from a path: fp32, bf16, fp16 (default: fp32)"""
+    dtype: Dtype | None = None
+    """weights dtype when the model is loaded from a path (default: fp32)"""
+
+    def __post_init__(self):
+        from gencycle.checkpoints import resolve_dtype
+        from gencycle.checkpoints.devices import resolve_device
+        if self.device is not None:
+            resolve_device(self.device)  # "cuda" on a CPU-only torch fails here, before any loading
+        try:
+            resolve_dtype(self.dtype)
+        except ValueError:
+            raise OptionError("dtype", f"must be one of {', '.join(typing.get_args(Dtype))}", self.dtype) from None
+        if self.out is not None:
+            check_output(self.out, "out")
 
 
 @functools.cache

@@ -13,12 +13,16 @@ the configs it holds.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence, get_args
 
 import torch
 
+from gencycle.errors import OptionError, check_input, check_output
+from gencycle.prompting.templates import TEXTS
 from gencycle.training.data import Example, Pair, chat_pairs, collator_for, load_pairs, pack, tokenize
 from gencycle.training.loop import TrainConfig, Trainer, seed_everything
 from gencycle.training.report import ParameterCount
@@ -32,12 +36,23 @@ PromptInit = Literal["random", "vocab", "text"]
 DEFAULT_LR = {"full": 5e-5, "lora": 2e-4, "prompt-tuning": 3e-2}
 
 
+def _integer(name: str, value, minimum: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OptionError(name, f"must be an integer >= {minimum}{note}", value)
+
+
+def _number(name: str, value, problem: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise OptionError(name, problem, value)
+
+
 @dataclass
 class DataConfig:
     """Instruction data: templates, splits, lengths."""
 
     template: str | None = None
-    """prompt template name (default: chosen by the records' fields)"""
+    """prompt template name: dialogsum, dialogsum-flan, instruction, instruction-input (default: chosen by
+    the records' fields)"""
     chat_template: bool = False
     """send each prompt as a user turn through the model's chat template (instruct models)"""
     eval_data: str | Path | Sequence[dict] | None = None
@@ -50,8 +65,10 @@ class DataConfig:
     """pack whole decoder examples into rows of --max-length tokens (fewer pad tokens)"""
 
     def __post_init__(self):
-        if self.max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {self.max_length}")
+        if self.template is not None and self.template not in TEXTS:
+            raise OptionError("template", "", message=f"unknown prompt template {self.template!r}; known: "
+                              f"{', '.join(t for t in TEXTS if not t.endswith('-answered'))}")
+        _integer("max_length", self.max_length, 1)
 
 
 @dataclass
@@ -66,9 +83,8 @@ class MeasureConfig:
     """tokens generated at most for each test prompt"""
 
     def __post_init__(self):
-        if self.rouge_examples < 0 or self.max_new_tokens <= 0:
-            raise ValueError(f"rouge_examples must be >= 0 and max_new_tokens positive, got "
-                             f"{self.rouge_examples} and {self.max_new_tokens}")
+        _integer("rouge_examples", self.rouge_examples, 0, " (0 skips ROUGE)")
+        _integer("max_new_tokens", self.max_new_tokens, 1)
 
 
 @dataclass
@@ -78,19 +94,22 @@ class LoraConfig:
     lora_rank: int = 8
     """rank r of each adapter: B (out x r) @ A (r x in) is added to the frozen weight"""
     lora_alpha: float = 16
-    """scaling: the adapter's output is multiplied by lora_alpha / lora_rank"""
+    """scaling, > 0: the adapter's output is multiplied by lora_alpha / lora_rank"""
     lora_dropout: float = 0.05
     """dropout on the adapter's input, in [0, 1)"""
     target: str | tuple[str, ...] = ("q_proj", "v_proj")
     """LoRA target modules: names (q_proj v_proj), groups (attention, mlp, all-linear); one Python string is a regex"""
 
     def __post_init__(self):
-        if not isinstance(self.lora_rank, int) or self.lora_rank <= 0:
-            raise ValueError(f"LoRA rank must be a positive integer, got {self.lora_rank!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.lora_dropout}")
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank <= 0:
+            raise OptionError("lora_rank", "", message=f"LoRA rank must be a positive integer, got {self.lora_rank!r}")
+        _number("lora_alpha", self.lora_alpha, "must be > 0 (the scale is lora_alpha / lora_rank)", lambda v: v > 0)
+        _number("lora_dropout", self.lora_dropout, "must be in [0, 1)", lambda v: 0 <= v < 1)
         if not isinstance(self.target, str):
             self.target = tuple(self.target)
+        if not self.target or not all(isinstance(t, str) and t.strip() for t in self.target):
+            raise OptionError("target", "must name at least one module (q_proj v_proj, attention, mlp, all-linear)",
+                              self.target)
 
 
 @dataclass
@@ -105,10 +124,14 @@ class PromptTuningConfig:
     """text whose token embeddings start the soft prompt (implies --prompt-init text)"""
 
     def __post_init__(self):
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
-            raise ValueError(f"num_virtual_tokens must be a positive integer, got {self.num_virtual_tokens!r}")
+        _integer("num_virtual_tokens", self.num_virtual_tokens, 1)
         if self.prompt_init not in get_args(PromptInit):
-            raise ValueError(f"unknown prompt-tuning init {self.prompt_init!r}; use random, vocab or text")
+            raise OptionError("prompt_init", "", message=f"unknown prompt-tuning init {self.prompt_init!r}; "
+                              "use random, vocab or text")
+        if self.prompt_init_text is not None and not self.prompt_init_text.strip():
+            raise OptionError("prompt_init_text", "must be a non-empty text", self.prompt_init_text)
+        if self.prompt_init == "text" and self.prompt_init_text is None:
+            raise OptionError("prompt_init", "", message="prompt_init 'text' needs prompt_init_text")
 
 
 @dataclass
@@ -128,10 +151,26 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
+            raise OptionError("method", "", message=f"unknown method {self.method!r}; use one of {', '.join(METHODS)}")
         if self.method != "full" and self.train.strategy == "fsdp":
-            raise ValueError("FSDP is for full fine-tuning of models that do not fit one process; "
-                             "LoRA and prompt tuning run data-parallel with strategy='ddp'")
+            raise OptionError("strategy", "", message="FSDP is for full fine-tuning of models that do not fit one "
+                              "process; LoRA and prompt tuning run data-parallel with strategy='ddp'")
+        if self.run.resume and self.run.out is None:
+            raise OptionError("resume", "", message="resume needs the run folder (out) holding the checkpoints")
+
+    def check_paths(self, data) -> None:
+        """Before any work: the input files exist, and the run folder can be written."""
+        if isinstance(data, (str, Path)) and str(data) != "shipped":
+            check_input(data, "data")
+        for option, value in (("eval_data", self.data.eval_data), ("test_data", self.data.test_data),
+                              ("general_text", self.measure.general_text)):
+            if isinstance(value, (str, Path)):
+                check_input(value, option, "file" if option == "general_text" else "file or folder")
+        if self.run.out is not None:
+            out = check_output(self.run.out, "out")
+            if not self.run.resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+                warnings.warn(f"{out} holds checkpoints of an earlier run; this run writes over them "
+                              "(resume continues that run instead)", stacklevel=3)
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig the run uses: --lr by method when not given, checkpoints in run.out."""
@@ -251,8 +290,10 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path | Sequence[di
              config: FinetuneConfig | None = None, *, tokenizer=None, **options) -> FinetuneResult:
     """Fine-tune `model` (a path / packaged name, or a Transformer with `tokenizer=`) on `data`
     (see `instruction_data`) as `config` says; `options` override its fields by name:
-    finetune(model, data, method="lora", lora_rank=4, max_steps=100, out=None)."""
+    finetune(model, data, method="lora", lora_rank=4, max_steps=100, out=None).
+    Input files and the run folder are checked before anything is loaded."""
     config = override(config or FinetuneConfig(), **options)
+    config.check_paths(data)
     train_config = config.train_config()
     seed_everything(train_config.seed)
     # load the model and the data
@@ -265,7 +306,9 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path | Sequence[di
     general = steps.load_texts(config.measure.general_text) if config.measure.general_text is not None else None
     measure = dict(max_new_tokens=config.measure.max_new_tokens, max_length=example_length(config.data, base_config))
     # measure before (main process), adapt, train
-    before = steps.measure(model, tokenizer, examples.test, general, **measure) if dist.is_main else steps.Measurement()
+    progress = config.train.progress
+    before = (steps.measure(model, tokenizer, examples.test, general, **measure, when="before" if progress else None)
+              if dist.is_main else steps.Measurement())
     dist.barrier()
     model = apply_method(model, config, tokenizer).to(dist.device)
     trainer = Trainer(model, train_config, examples.train, eval_data=examples.eval,
@@ -277,7 +320,7 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path | Sequence[di
     # gather, measure after, save
     model = steps.gather(trainer, dist)  # collective under FSDP
     if dist.is_main:
-        after = steps.measure(model, tokenizer, examples.test, general, **measure)
+        after = steps.measure(model, tokenizer, examples.test, general, **measure, when="after" if progress else None)
         result.rouge_before, result.rouge_after = before.rouge, after.rouge
         result.perplexity_before, result.perplexity_after = before.perplexity, after.perplexity
         result.samples = [{"prompt": p.prompt, "reference": p.completion.strip(), "before": b, "after": a}

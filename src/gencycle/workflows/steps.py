@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
+from gencycle.errors import OptionError, check_input
 from gencycle.training import distributed
 from gencycle.training.loop import Trainer
 from gencycle.training.report import MemoryMonitor, ParameterCount, count_parameters
@@ -46,22 +48,32 @@ def load(model: str | Path | torch.nn.Module, tokenizer, run: RunConfig) -> Load
     return Loaded(model.to(dist.device), tokenizer, path, dist)
 
 
-def load_texts(texts: str | Path | Sequence[str]) -> list[str]:
-    """General text: a list of strings, or a file of paragraphs separated by blank lines."""
+def load_texts(texts: str | Path | Sequence[str], option: str = "general_text") -> list[str]:
+    """General text: a list of strings, or a UTF-8 file of paragraphs separated by blank lines."""
     if isinstance(texts, (str, Path)):
-        paragraphs = Path(texts).read_text(encoding="utf-8").split("\n\n")
+        path = check_input(texts, option, "file")
+        try:
+            paragraphs = path.read_text(encoding="utf-8").split("\n\n")
+        except UnicodeDecodeError as error:
+            raise OptionError(option, f"{str(path)!r} is not UTF-8 text ({error.reason} at byte {error.start})",
+                              message=f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
         texts = [p.strip() for p in paragraphs if p.strip()]
+        if not texts:
+            raise OptionError(option, "", message=f"{path}: no text in the file")
     return list(texts)
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy completions, stripped; the model's train / eval mode is left as it was."""
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 8,
+             desc: str | None = None) -> list[str]:
+    """Greedy completions, stripped; the model's train / eval mode is left as it was.
+    desc: show a progress bar over the batches with this title."""
     from gencycle.generation import LLM
     was_training = model.training
     model.eval()
     llm, out = LLM(model, tokenizer), []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None or len(starts) < 2):
         out += llm.generate(prompts[start:start + batch_size], max_new_tokens=max_new_tokens, do_sample=False)
     model.train(was_training)
     return [text.strip() for text in out]
@@ -75,16 +87,19 @@ class Measurement:
 
 
 def measure(model, tokenizer, test_pairs, general_texts: list[str] | None, *, max_new_tokens: int,
-            max_length: int) -> Measurement:
+            max_length: int, when: str | None = None) -> Measurement:
     """ROUGE of greedy completions of `test_pairs` (prompt, completion) against their completions;
-    perplexity on `general_texts` (decoders only)."""
+    perplexity on `general_texts` (decoders only). when ("before" / "after" training): show
+    progress bars titled with it."""
     from gencycle.evaluation import perplexity, rouge
     result = Measurement()
     if test_pairs:
-        result.predictions = generate(model, tokenizer, [p.prompt for p in test_pairs], max_new_tokens)
+        desc = f"ROUGE prompts {when}" if when else None
+        result.predictions = generate(model, tokenizer, [p.prompt for p in test_pairs], max_new_tokens, desc=desc)
         result.rouge = rouge(result.predictions, [p.completion.strip() for p in test_pairs])
     if general_texts and model.config.architecture == "decoder":
-        result.perplexity = perplexity(model, tokenizer, general_texts, max_length=max_length)
+        result.perplexity = perplexity(model, tokenizer, general_texts, max_length=max_length,
+                                       progress=when is not None)
     return result
 
 
