@@ -11,7 +11,8 @@ sequences (model/cache.py keeps rows right-aligned, each with its own start). Ea
 
   1. admit: waiting requests run their prefill (several together, left-padded, up to
      `max_prefill_tokens`) in a cache of their own, whose rows then join the batch's cache: into
-     the rows freed by finished requests (`insert`), or after the others (`extend`);
+     the rows freed by finished requests (`insert`), once a bigger batch is made if there are
+     too few (the running rows copied into it);
   2. pick: every row's next token from its last logits, with its own settings (temperature, top-k,
      top-p, min-p, penalties, seed: its own torch.Generator), and its text: stop strings are
      found on the decoded text; EOS, a stop string, max_new_tokens or the context window end it;
@@ -20,7 +21,8 @@ sequences (model/cache.py keeps rows right-aligned, each with its own start). Ea
      (the server hands it to its asyncio loop with `call_soon_threadsafe`);
   4. step: one forward of the whole batch, one token per row, the attention mask read from the
      rows' starts. Rows that finished or were cancelled become holes that the next joiners fill;
-     holes nobody fills for a few steps are dropped from the cache (`select`, then `compact`).
+     when holes stay unfilled for a few steps, the running rows move to a smaller batch. Slots
+     that no row uses any more are dropped (`compact`) before the cache would have to grow.
 
 A row's numbers do not depend on its neighbours: the prefill and each step see only its own valid
 slots, and its sampler draws from its own generator, so a greedy request gives the same tokens
@@ -34,6 +36,13 @@ any penalty or sampling filter), as vLLM reports them by default. `Event.complet
 every token generated, the EOS that ended a row included. `n > 1` runs n rows after one prefill;
 with a seed s, sequence i draws with seed s + i. Beam search is not continuous: run `generate`
 through `engine.call` (between two steps, on the scheduler thread).
+
+Compiled steps (`compiled=True`, or a model given to `compile_decoding`): the batch's cache is a
+StaticKVCache of a fixed number of rows (a power of two up to max_batch, holes included) and slots
+(a power of two), and each step runs the model's compiled `decode_step` (compiled.py) over all of
+them, the attention bias masking each row's invalid slots. Torch builds one graph per (rows, slots)
+pair: `warm_up()` builds those of every row count at the first slot size before requests come;
+a batch that outgrows its slots moves to the next size, whose graph is built then if it was not.
 
 Partial: no chunked prefill (a long prompt's prefill pauses the running rows for its duration) and
 no prefix caching; encoder-decoder models are refused (their cross-attention caches do not join).
@@ -51,6 +60,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..model.cache import StaticKVCache
+from .compiled import cache_slots, compile_decoding, current_step
 from .config import GenerationConfig
 from .decoding import resolve_config
 from .processors import min_p as min_p_filter
@@ -61,7 +72,7 @@ log = logging.getLogger("gencycle.engine")
 
 MAX_LOGPROBS = 20
 SLOT_CHUNK = 256        # the batch's cache grows by at least this many slots at a time
-IDLE_HOLE_STEPS = 8     # holes left unfilled this many steps (nothing waiting) are dropped
+IDLE_HOLE_STEPS = 8     # holes left unfilled this many steps (nothing waiting): a smaller batch
 
 
 class QueueFull(RuntimeError):
@@ -221,9 +232,11 @@ class Engine:
     max_batch: rows decoded together at most (a request with n sequences takes n rows).
     max_queue: requests waiting for a row at most; `submit` raises QueueFull beyond it.
     max_prefill_tokens: padded prompt tokens prefilled together in one turn (at least one request).
+    compiled: decode with compiled steps (None: when the model was given to `compile_decoding`).
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, max_prefill_tokens: int = 4096):
+    def __init__(self, model, tokenizer, max_batch: int = 8, max_queue: int = 64, max_prefill_tokens: int = 4096,
+                 compiled: bool | None = None):
         if model.config.architecture != "decoder":
             raise ValueError(f"the batching engine serves decoder-only models, not {model.config.architecture!r} "
                              "ones (use generate for those)")
@@ -237,6 +250,12 @@ class Engine:
         self.vocab_size = model.config.vocab_size
         self.window = None if model.config.position == "relative" else model.config.max_position_embeddings
         self.device = model.device
+        if compiled is None:
+            compiled = getattr(model, "compiled_decoding", None) is not None
+        if compiled and getattr(model, "compiled_decoding", None) is None:
+            compile_decoding(model)
+        self.compiled = bool(compiled)
+        self.row_buckets = sorted({min(1 << k, max_batch) for k in range(max_batch.bit_length() + 1)})
         self._waiting: collections.deque[Request] = collections.deque()
         self._jobs: collections.deque[tuple[Callable, Future]] = collections.deque()
         self._wake = threading.Condition()
@@ -245,6 +264,7 @@ class Engine:
         self._cache = None
         self._logits: torch.Tensor | None = None        # (B, V): each row's next-token logits
         self._idle_holes = 0
+        self._compiled_step = None
         self.steps = 0                                   # decode steps run (for tests and metrics)
         self._thread = threading.Thread(target=self._loop, name="gencycle-engine", daemon=True)
         self._thread.start()
@@ -509,26 +529,50 @@ class Engine:
         self._join(joining, rows, logits)
 
     def _join(self, joining, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Put the prefilled rows into holes of the batch, first making a bigger batch if there are too few."""
+        if self.compiled:
+            self._compiled_step = current_step(self.model)     # rebuilt if the model changed since
         holes = [i for i, row in enumerate(self._rows) if row is None]
-        if self._cache is None:
-            slots = joining.length + SLOT_CHUNK
-            self._cache = self.model.new_cache(0, slots if self.window is None else min(slots, self.window + 1))
-            self._cache.extend(joining)
-            self._rows, self._logits = rows, logits
-        elif len(rows) <= len(holes):
-            self._room(joining.length)
-            places = holes[:len(rows)]
-            self._cache.insert(torch.tensor(places, device=self.device), joining)
-            self._logits[places] = logits
-            for place, row in zip(places, rows):
-                self._rows[place] = row
-        else:
-            self._drop_holes()
-            self._room(joining.length)
-            self._cache.extend(joining)
-            self._rows += rows
-            self._logits = torch.cat([self._logits, logits])
+        if self._cache is None or len(rows) > len(holes):
+            live = self.running + len(rows)
+            batch = next(b for b in self.row_buckets if b >= live) if self.compiled else live
+            headroom = min(SLOT_CHUNK, max(row.config.max_new_tokens for row in rows))
+            live_rows = [i for i, row in enumerate(self._rows) if row is not None]
+            longest = int(self._cache.lengths[live_rows].max()) if live_rows else 0
+            self._rebuild(batch, self._slots_for(max(longest, joining.length + headroom) + 1))
+            holes = [i for i, row in enumerate(self._rows) if row is None]
+        self._room(joining.length)
+        places = holes[:len(rows)]
+        self._cache.insert(torch.tensor(places, device=self.device), joining)
+        self._logits[places] = logits
+        for place, row in zip(places, rows):
+            self._rows[place] = row
         self._idle_holes = 0
+
+    def _new_cache(self, batch: int, slots: int):
+        if self.compiled:
+            return StaticKVCache.for_model(self.model, batch, slots)
+        return self.model.new_cache(batch, slots)
+
+    def _slots_for(self, length: int) -> int:
+        """Slots of a batch cache whose rows need `length`: a power of two when compiled (few graphs)."""
+        slots = cache_slots(length) if self.compiled else length + SLOT_CHUNK
+        return slots if self.window is None else max(min(slots, self.window), length)
+
+    def _rebuild(self, batch: int, slots: int) -> None:
+        """A new batch cache of `batch` rows and `slots` slots: the running rows first, holes after."""
+        live = [i for i, row in enumerate(self._rows) if row is not None]
+        cache = self._new_cache(batch, slots)
+        logits = torch.zeros(batch, self.vocab_size, device=self.device)
+        if live:
+            index = torch.tensor(live, device=self.device)
+            old = self._cache
+            old.select(index)
+            old.compact()
+            cache.insert(torch.arange(len(live), device=self.device), old)
+            logits[:len(live)] = self._logits[index]
+        self._rows = [self._rows[i] for i in live] + [None] * (batch - len(live))
+        self._cache, self._logits = cache, logits
 
     def _room(self, joining_length: int = 0) -> None:
         """Make the batch's cache hold its rows, `joining_length` slots joining, and the next step."""
@@ -542,29 +586,18 @@ class Engine:
         cache.compact()
         needed = max(cache.length, joining_length) + 1
         if needed > cache.max_length:                         # grow: a bigger cache, the same rows
-            bigger = self.model.new_cache(0, max(needed + SLOT_CHUNK, 2 * cache.max_length)
-                                          if self.window is None else
-                                          min(max(needed + SLOT_CHUNK, 2 * cache.max_length), self.window + 1))
-            bigger.extend(cache)
-            self._cache = bigger
-
-    def _drop_holes(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if row is not None]
-        if len(keep) == len(self._rows):
-            return
-        index = torch.tensor(keep, dtype=torch.long, device=self.device)
-        self._cache.select(index)
-        self._cache.compact()
-        self._rows = [self._rows[i] for i in keep]
-        self._logits = self._logits[index]
+            self._rebuild(cache.batch_size, self._slots_for(max(needed, 2 * cache.max_length)))
 
     def _drop_idle_holes(self) -> None:
-        if all(row is not None for row in self._rows) or self._waiting:
+        """Holes left unfilled for IDLE_HOLE_STEPS steps, nothing waiting: a smaller batch."""
+        live = self.running
+        batch = next(b for b in self.row_buckets if b >= live) if self.compiled else live
+        if batch == len(self._rows) or self._waiting:
             self._idle_holes = 0
             return
         self._idle_holes += 1
         if self._idle_holes >= IDLE_HOLE_STEPS:
-            self._drop_holes()
+            self._rebuild(batch, self._cache.max_length)
             self._idle_holes = 0
 
     # ---- 2-3. pick and report
@@ -666,9 +699,41 @@ class Engine:
         self._room()
         cache = self._cache
         tokens = torch.tensor([[row.last if row is not None else 0] for row in self._rows], device=self.device)
-        out = self.model(tokens, cache.attention_mask(new_tokens=1), cache=cache, logits_to_keep=1)
-        self._logits = out.logits[:, -1].float()
+        if self.compiled:
+            self._logits = self._run_compiled(tokens, cache)
+        else:
+            out = self.model(tokens, cache.attention_mask(new_tokens=1), cache=cache, logits_to_keep=1)
+            self._logits = out.logits[:, -1].float()
         self.steps += 1
+
+    def _run_compiled(self, tokens: torch.Tensor, cache: StaticKVCache) -> torch.Tensor:
+        """One compiled step over every row and slot: each row attends to its valid slots and the new one."""
+        slots = torch.arange(cache.max_length, device=self.device)
+        valid = (slots[None, :] >= cache.starts[:, None]) & (slots[None, :] <= cache.length)   # (B, S)
+        dtype = self.model.dtype
+        bias = torch.zeros(valid.shape, dtype=dtype, device=self.device).masked_fill_(~valid, torch.finfo(dtype).min)
+        positions = cache.lengths[:, None]                    # (B, 1): each row's next position
+        cache.position = torch.tensor([cache.length], device=self.device)
+        try:
+            logits = self._compiled_step(tokens, positions, bias[:, None, None, :], cache)
+        finally:
+            cache.position = None
+        cache.advance(1)
+        return logits
+
+    def warm_up(self, slots: tuple[int, ...] = (512,), timeout: float | None = None) -> None:
+        """Build the compiled step's graphs for every row count of the batch at these cache sizes now
+        (on the scheduler thread), so that no request waits for a compilation. Eager: nothing to do."""
+        if not self.compiled:
+            return
+
+        def build():
+            self._compiled_step = current_step(self.model)
+            for size in slots:
+                for batch in self.row_buckets:
+                    cache = StaticKVCache.for_model(self.model, batch, cache_slots(size))
+                    self._run_compiled(torch.zeros(batch, 1, dtype=torch.long, device=self.device), cache)
+        self.call(build).result(timeout)
 
 
 def _warp(scores: torch.Tensor, configs: list[GenerationConfig], V: int, device) -> torch.Tensor:
