@@ -25,6 +25,7 @@ from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tok
 from tokenizers import Tokenizer as Backend
 
 from gencycle.assets import resolve
+from gencycle.errors import UserError
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
 GGUF_SUPPORTED_MODELS = ("gpt2",)
@@ -66,7 +67,7 @@ class Tokenizer:
 
     # ---- ids and tokens ------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend.encode(_text(text), add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         """Text of a list (or 1-D tensor) of ids."""
@@ -82,7 +83,7 @@ class Tokenizer:
         return [self.decode(row, skip_special_tokens) for row in rows]
 
     def tokenize(self, text: str) -> list[str]:
-        return self.backend.encode(text, add_special_tokens=False).tokens
+        return self.backend.encode(_text(text), add_special_tokens=False).tokens
 
     def convert_ids_to_tokens(self, ids: int | list[int]) -> str | list[str]:
         return self.backend.id_to_token(ids) if isinstance(ids, int) else [self.backend.id_to_token(i) for i in ids]
@@ -126,7 +127,7 @@ class Tokenizer:
         padding: True / "longest" pads to the longest row, "max_length" to `max_length`, False not at all.
         truncation: cut each row to `max_length` (default `model_max_length`), special tokens included.
         """
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [_text(t) for t in ([texts] if isinstance(texts, str) else list(texts))]
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
@@ -171,9 +172,16 @@ class Tokenizer:
         template = chat_template or self.chat_template
         if template is None:
             raise ValueError("this tokenizer has no chat template: pass chat_template=..., or use a model that has one")
+        import jinja2
         variables = {"tools": None, "documents": None, **self.special_tokens, **kwargs}
-        text = _compile_template(template).render(
-            messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        compiled = _compile_template(template)
+        try:
+            text = compiled.render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
+        except jinja2.TemplateError as error:  # raise_exception(...) in the template, or a bad expression
+            raise UserError(f"the chat template refused this conversation: {error}") from None
+        except (TypeError, KeyError, AttributeError) as error:
+            raise UserError(f"the chat template failed on this conversation ({type(error).__name__}: {error}); "
+                            "messages are dicts with 'role' and 'content' strings") from None
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # ---- saving --------------------------------------------------------------------------
@@ -191,8 +199,35 @@ class Tokenizer:
         return directory
 
 
-@lru_cache(maxsize=16)
+def _text(text) -> str:
+    """`text` if it is a string the tokenizer can take; else a UserError saying why. Bytes that were
+    not UTF-8 reach Python as lone surrogates (from argv, or stdin in a C locale)."""
+    if not isinstance(text, str):
+        raise UserError(f"expected text (a str), got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise UserError(f"the text is not valid UTF-8: {byte} at character {error.start} (a lone surrogate: "
+                        "was it read from bytes that are not UTF-8?)") from None
+    return text
+
+
 def _compile_template(template: str):
+    """A chat template compiled in a sandbox; a Jinja syntax error is a UserError naming its line."""
+    import jinja2
+    try:
+        return _compile(template)
+    except jinja2.TemplateSyntaxError as error:
+        lines = template.splitlines()
+        near = lines[error.lineno - 1].strip()[:80] if 0 < error.lineno <= len(lines) else ""
+        raise UserError(f"the chat template has a Jinja syntax error at line {error.lineno}: {error.message}"
+                        + (f" (near {near!r})" if near else "")) from None
+
+
+@lru_cache(maxsize=16)
+def _compile(template: str):
     """A chat template compiled in a sandbox, with the helpers Hub templates expect."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -231,12 +266,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
                             " (or a single .gguf file)")
 
 
+def _read_json(path: Path) -> dict:
+    """A JSON object from a file; a malformed file, or one that is not an object, is a UserError naming it."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a JSON object ({{...}}), got a {type(values).__name__}")
+    return values
+
+
 def _read_config(folder: Path) -> dict:
     """tokenizer_config.json merged with special_tokens_map.json and chat_template.jinja, where present."""
     config = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if (folder / name).exists():
-            config.update(json.loads((folder / name).read_text(encoding="utf-8")))
+            config.update(_read_json(folder / name))
     if (folder / "chat_template.jinja").exists():
         config["chat_template"] = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     template = config.get("chat_template")
@@ -258,7 +306,13 @@ def _make_tokenizer(backend: Backend, config: dict) -> Tokenizer:
 def _from_tokenizer_json(file: Path, config: dict) -> Tokenizer:
     """tokenizer.json as saved; its post-processor alone decides BOS / EOS (add_bos_token in the config is
     ignored, as transformers 5 ignores it next to a tokenizer.json)."""
-    return _make_tokenizer(Backend.from_file(str(file)), config)
+    try:
+        backend = Backend.from_file(str(file))
+    except Exception as error:  # the tokenizers library raises a bare Exception for a bad file
+        detail = " ".join(str(error).split())[:200]
+        raise UserError(f"{file}: not a readable tokenizer.json (truncated or not the tokenizers format?): "
+                        f"{detail}") from None
+    return _make_tokenizer(backend, config)
 
 
 def _from_spiece(file: Path, config: dict) -> Tokenizer:
@@ -269,7 +323,10 @@ def _from_spiece(file: Path, config: dict) -> Tokenizer:
     """
     import sentencepiece
 
-    sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+    try:
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(file))
+    except (RuntimeError, OSError) as error:
+        raise UserError(f"{file}: not a readable sentencepiece model: {' '.join(str(error).split())[:200]}") from None
     proto = dict(_protobuf_fields(file.read_bytes()))
     model_type = dict(_protobuf_fields(proto.get(2, b""))).get(3, 1)  # trainer_spec.model_type, 1 is unigram
     if model_type != 1:

@@ -44,22 +44,32 @@ TURN_TOKENS = 12           # ... and for the markers of each in-context example'
 Messages = list[dict]
 
 
+def spec_values(spec: str) -> dict[str, Any]:
+    """The key=value settings a spec writes itself ("sample:top_p=0.9" -> {"top_p": 0.9}), base not included."""
+    name, _, rest = spec.strip().partition(":")
+    if name not in BASE_CONFIGS:
+        raise ValueError(f"generation config spec {spec!r}: it must start with one of {', '.join(BASE_CONFIGS)}")
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"generation config spec {spec!r}: expected key=value, got {item!r}")
+        values[key.strip()] = _value(value.strip())
+    return values
+
+
 def parse_config(spec: str, base: GenerationConfig | None = None) -> GenerationConfig:
     """A generation config from a spec: "greedy", "sample:temperature=0.7,top_p=0.9", "beam:num_beams=3".
 
     Values are read as bool (true/false), int, float or text; unknown names and bad
     values raise ValueError naming them (GenerationConfig checks every field).
     """
-    name, _, rest = spec.strip().partition(":")
-    if name not in BASE_CONFIGS:
-        raise ValueError(f"generation config spec {spec!r}: it must start with one of {', '.join(BASE_CONFIGS)}")
-    values: dict[str, Any] = dict(BASE_CONFIGS[name])
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"generation config spec {spec!r}: expected key=value, got {item!r}")
-        values[key.strip()] = _value(value.strip())
-    return (base or GenerationConfig()).replace(**values)
+    own = spec_values(spec)  # checks the base name first
+    values = {**BASE_CONFIGS[spec.strip().partition(":")[0]], **own}
+    try:
+        return (base or GenerationConfig()).replace(**values)
+    except ValueError as error:
+        raise ValueError(f"generation config spec {spec!r}: {error}") from None
 
 
 def _value(text: str) -> Any:
@@ -94,8 +104,14 @@ class Variant:
 
 def make_variants(shots: Sequence[int], configs: Sequence[str], selection: str = "first", chat: bool = True,
                   max_new_tokens: int = 80) -> list[Variant]:
-    """Every (shots, config spec) pair, shots varying slowest."""
-    parsed = [(spec, parse_config(spec).replace(max_new_tokens=max_new_tokens)) for spec in configs]
+    """Every (shots, config spec) pair, shots varying slowest. `max_new_tokens` applies to the specs
+    that do not set it themselves ("greedy:max_new_tokens=5" keeps its 5, as its name says)."""
+    parsed = []
+    for spec in configs:
+        config = parse_config(spec)
+        if "max_new_tokens" not in spec_values(spec):
+            config = config.replace(max_new_tokens=max_new_tokens)
+        parsed.append((spec, config))
     return [Variant(k, config, spec, selection, chat) for k in shots for spec, config in parsed]
 
 
@@ -148,6 +164,8 @@ def complete(llm: LLM, prompts: Sequence[str | Messages], config: GenerationConf
              seed: int = 0, desc: str = "generating", progress: bool = True) -> list[str]:
     """Raw completions of plain prompts (str) or of conversations (lists of messages; not mixed),
     in batches of similar length. Sampling is seeded per batch from `seed` when the config has no seed."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     order = sorted(range(len(prompts)), key=lambda i: -len(str(prompts[i])))  # less padding per batch
     if config.do_sample and config.seed is None:
         config = config.replace(seed=seed)
@@ -176,7 +194,7 @@ def compare(llm: LLM, examples: Sequence[Any], variants: Sequence[Variant], pool
     if not examples:
         raise ValueError("no examples to evaluate")
     if any(v.selection == "similar" and v.shots for v in variants) and embed_fn is None:
-        from gencycle.embeddings import SentenceEncoder
+        from gencycle.integrate.embeddings import SentenceEncoder
         embed_fn = SentenceEncoder().encode
     if any(v.chat for v in variants) and not llm.tokenizer.chat_template:
         raise ValueError("this model's tokenizer has no chat template: use plain prompts (Variant(chat=False))")

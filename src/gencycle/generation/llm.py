@@ -7,11 +7,16 @@
     for delta in llm.stream("Tell me a story", stop=["\\n\\n"]): print(delta, end="")
 
 Calls share no mutable state, so one `LLM` can serve several threads or requests.
+
+Sampling happens only with do_sample=True, as in `transformers`: temperature, top_k, top_p and
+min_p given to a greedy or beam-search call are ignored, with a warning that says so
+(`ignored_settings`); the `gencycle generate` / `chat` flags follow the same rule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +28,16 @@ from .stopping import cut_at_eos, cut_at_stop
 from .streaming import stream
 
 Messages = list[dict]
+SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}  # sampling settings and their off-values
+
+
+def ignored_settings(config: GenerationConfig, given: Iterable[str]) -> list[str]:
+    """The sampling settings among `given` that `config` does not use: it decodes greedily or by beam
+    search (do_sample=False), and the setting is not at its off-value. ["temperature=1.5"], say."""
+    if config.do_sample:
+        return []
+    return [f"{name}={getattr(config, name)}" for name in SAMPLING
+            if name in given and getattr(config, name, SAMPLING[name]) != SAMPLING[name]]
 
 
 class LLM:
@@ -42,7 +57,12 @@ class LLM:
         from ..checkpoints import load_model
         from ..tokenizer import load_tokenizer
 
+        from ..checkpoints.devices import resolve_device
+
         name_or_path = assets.DEFAULT_MODEL if name_or_path is None else name_or_path
+        if device is not None:
+            resolve_device(device)  # a device this machine lacks fails before the weights are read
+        assets.resolve(name_or_path)  # so does a missing path
         extra = {} if quantize is None else {"quantize": quantize}
         model = load_model(name_or_path, dtype=dtype, device=device, **extra)
         if compile:
@@ -54,9 +74,15 @@ class LLM:
 
     # ---- configuration -----------------------------------------------------------------------
     def make_config(self, config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
-        """The config a call runs with; EOS defaults to the model's plus the tokenizer's."""
+        """The config a call runs with; EOS defaults to the model's plus the tokenizer's. Sampling
+        settings in `overrides` that the config does not use (do_sample=False) are ignored, with a warning."""
         config = config if config is not None else self.generation_config
         config = config.replace(**overrides) if overrides else config
+        ignored = ignored_settings(config, overrides)
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} ignored: do_sample is False, so decoding is "
+                          f"{'beam search' if config.num_beams > 1 else 'greedy'} (pass do_sample=True to sample)",
+                          UserWarning, stacklevel=4)
         if config.eos_token_id is None:
             eos = list(self.model.config.eos_token_ids)
             if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in eos:
