@@ -29,9 +29,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import assets
+from ..errors import UserError
 from ..model.config import ModelConfig
 from ..model.transformer import Transformer
 from . import bert, gpt2, llama, t5
+from .devices import resolve_device
 from .names import rename
 
 FAMILIES = {model_type: module for module in (gpt2, llama, bert, t5) for model_type in module.MODEL_TYPES}
@@ -58,10 +60,40 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 def family_of(hf_config: dict):
     model_type = hf_config.get("model_type")
+    if model_type is None:
+        raise ValueError(f"the model config has no \"model_type\" field; gencycle supports model_type "
+                         f"{', '.join(sorted(FAMILIES))}")
     if model_type not in FAMILIES:
         raise ValueError(f"unsupported architecture {model_type!r} (architectures: {hf_config.get('architectures')}); "
                          f"gencycle supports model_type {', '.join(sorted(FAMILIES))}")
     return FAMILIES[model_type]
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a checkpoint file (config.json, an index); a malformed file, or one that
+    holds no object, is a UserError naming it."""
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}: malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: expected a JSON object ({{...}}), got a {type(values).__name__}")
+    return values
+
+
+def config_from_hf(hf_config: dict, source: str | Path = "config.json") -> ModelConfig:
+    """The ModelConfig of a HF config dict (its family's converter), refusing what gencycle does not
+    support; a config that lacks a field its family needs is a UserError naming `source` and the field."""
+    family = family_of(hf_config)
+    try:
+        return family.config_from_hf(hf_config)
+    except KeyError as error:
+        raise UserError(f"{source}: no {error.args[0]!r} field, which a {hf_config.get('model_type')!r} config "
+                        "needs (is the file complete?)") from None
+    except TypeError as error:
+        raise UserError(f"{source}: a field has the wrong type ({error})") from None
 
 
 def family_module(config: ModelConfig):
@@ -94,7 +126,10 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         if not path.exists():
             continue
         if name.endswith(".index.json"):
-            shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
+            weight_map = read_json(path).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise UserError(f"{path}: no \"weight_map\" object (which shard holds which tensor)")
+            shards = sorted(set(weight_map.values()))
             missing = [s for s in shards if not (folder / s).exists()]
             if missing:
                 raise FileNotFoundError(f"{path} lists shard files that are missing: {', '.join(missing)}")
@@ -111,7 +146,7 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 def model_from_hf(hf_config: dict, hf_state: dict[str, torch.Tensor], dtype=None, device=None) -> Transformer:
     """Build a Transformer from a HF config dict and HF-named tensors."""
     family = family_of(hf_config)
-    config = family.config_from_hf(hf_config)
+    config = config_from_hf(hf_config)
     model = Transformer(config)
     load_hf_state(model, family, hf_state)
     return model.to(device=device or default_device(), dtype=resolve_dtype(dtype)).eval()
@@ -171,6 +206,9 @@ def load_model(path: str | Path, dtype=None, device=None, quantize: str | None =
     if quantize is not None:
         from ..model.quantize import parse_mode
         parse_mode(quantize)  # a bad name fails before the weights are read
+    if device is not None:
+        resolve_device(device)  # so does a device this machine lacks
+    resolve_dtype(dtype)
     model = _load(path, dtype, device)
     if quantize is not None:
         from ..model.quantize import quantize_model
@@ -189,8 +227,8 @@ def _load(path: str | Path, dtype=None, device=None) -> Transformer:
     config_path = path / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"no config.json in {str(path)!r}")
-    hf_config = json.loads(config_path.read_text())
-    family_of(hf_config).config_from_hf(hf_config)  # refuse what is not supported before reading gigabytes
+    hf_config = read_json(config_path)
+    config_from_hf(hf_config, config_path)  # refuse what is not supported before reading gigabytes
     return model_from_hf(hf_config, read_weights(path), dtype, device)
 
 
@@ -214,5 +252,7 @@ def save_pretrained(model: Transformer, directory: str | Path, safe_serializatio
 
 def load_config(path: str | Path) -> ModelConfig:
     """The ModelConfig of a model folder, without reading its weights."""
-    hf_config = json.loads((assets.resolve(path) / "config.json").read_text())
-    return family_of(hf_config).config_from_hf(hf_config)
+    folder = assets.resolve(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {str(folder)!r}")
+    return config_from_hf(read_json(folder / "config.json"), folder / "config.json")

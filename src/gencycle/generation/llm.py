@@ -64,10 +64,10 @@ class LLM:
             resolve_device(device)  # a device this machine lacks fails before the weights are read
         assets.resolve(name_or_path)  # so does a missing path
         extra = {} if quantize is None else {"quantize": quantize}
+        tokenizer = load_tokenizer(name_or_path)  # cheap, so a broken tokenizer fails before the weights load
         model = load_model(name_or_path, dtype=dtype, device=device, **extra)
         if compile:
             compile_decoding(model)
-        tokenizer = load_tokenizer(name_or_path)
         path = assets.resolve(name_or_path)
         config = GenerationConfig.from_pretrained(path) if (path / FILE_NAME).is_file() else None
         return cls(model, tokenizer, config)
