@@ -61,7 +61,7 @@ def test_single_file_is_queries_and_pool(model, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["evaluate", "--shots", "0,x"], "--shots must be comma-separated integers"),
+    (["evaluate", "--shots", "0,x"], "argument --shots: expected ints separated by commas"),
     (["evaluate", "--config", "nucleus"], "must start with one of greedy"),
     (["evaluate", "--config", "sample:top_p=1.5"], "top_p"),
     (["prompt", "--index", "99"], "--index 99 is out of range"),

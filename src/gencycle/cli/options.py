@@ -63,10 +63,11 @@ def number_list(kind: type):
     one = number(kind)
 
     def parse(text: str):
-        parts = [part.strip() for part in text.split(",")]
-        if not all(parts):
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas, got {text!r}")
-        return [one(part) for part in parts]
+        try:
+            return [one(part.strip()) for part in text.split(",")]
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}s separated by commas or spaces, "
+                                             f"e.g. {'0,1,3' if kind is int else '0.5,1.0'}; got {text!r}") from None
     parse.__name__ = kind.__name__
     return parse
 

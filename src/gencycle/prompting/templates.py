@@ -9,9 +9,18 @@ from __future__ import annotations
 
 import string
 
+from gencycle.errors import UserError
 
-class MissingFieldError(KeyError):
-    """A template was formatted without a value for one of its fields."""
+
+class UnknownTemplateError(UserError, KeyError):
+    """No template of that name (a ValueError for the CLI, a KeyError as a lookup)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingFieldError(UserError, KeyError):
+    """A template was formatted without a value for one of its fields (a ValueError and a KeyError)."""
 
     def __str__(self) -> str:  # KeyError would print the message with quotes around it
         return str(self.args[0])
@@ -76,5 +85,5 @@ TEXTS = {
 def template(name: str) -> PromptTemplate:
     """A named template, e.g. `template("dialogsum")`."""
     if name not in TEXTS:
-        raise KeyError(f"no prompt template named {name!r}; known: {', '.join(TEXTS)}")
+        raise UnknownTemplateError(f"no prompt template named {name!r}; known: {', '.join(TEXTS)}")
     return PromptTemplate(TEXTS[name], name=name)

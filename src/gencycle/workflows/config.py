@@ -107,7 +107,7 @@ def options(config, path: tuple[str, ...] = (), skip: tuple[str, ...] = (),
             yield Option(path, f.name, hints[f.name], value, helps.get(f.name, ""), cls)
 
 
-def override(config, **values):
+def override(config, /, **values):
     """A copy of `config` with the options named in `values` replaced, wherever they are nested.
 
     override(FinetuneConfig(), method="lora", lora_rank=4, lr=1e-3) is
