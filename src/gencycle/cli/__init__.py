@@ -19,12 +19,14 @@ import sys
 import warnings
 
 COMMAND_MODULES = [
+    "gencycle.cli.dpo",
     "gencycle.cli.estimate",
     "gencycle.cli.evaluate",
     "gencycle.cli.finetune",
     "gencycle.cli.generate",
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
+    "gencycle.cli.reward",
     "gencycle.cli.serve",
     "gencycle.cli.tokenizer",
 ]
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, its message already printed)
         return exit.code if isinstance(exit.code, int) else 2
-    verb = " ".join(filter(None, [args.command, getattr(args, "tokenizer_command", None)]))
+    verb = " ".join(filter(None, [args.command, getattr(args, f"{args.command}_command", None)]))
     here = command_parser(parser, args)
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
