@@ -116,7 +116,7 @@ class PairSamplingConfig:
     """sample among the k most likely tokens (0: all)"""
 
     def __post_init__(self):
-        _positive("samples_per_prompt", self.samples_per_prompt, integer=True, minimum=1)
+        _positive("samples_per_prompt", self.samples_per_prompt, integer=True, minimum=2, strict=False)
         _positive("sample_max_new_tokens", self.sample_max_new_tokens, integer=True, minimum=0)
         _positive("sample_temperature", self.sample_temperature)
         _positive("sample_top_k", self.sample_top_k, integer=True, strict=False)
@@ -248,8 +248,6 @@ def dpo(model: str | Path | torch.nn.Module, data: str | Path | Sequence[dict], 
     # the pairs: from the data, or from the policy's own samples
     sampling = config.sampling
     if sampling.reward is not None or reward_fn is not None:
-        if sampling.samples_per_prompt < 2:
-            raise OptionError("samples_per_prompt", "must be >= 2 to make a pair", sampling.samples_per_prompt)
         prompts = load_prompts(data)
         pairs = sample_preference_pairs(
             model, tokenizer, prompts, _reward(sampling, reward_fn, dist.device), sampling.samples_per_prompt,
