@@ -5,7 +5,21 @@ from gencycle.alignment.losses import (
     kl_penalized_rewards, masked_mean, masked_sum, masked_var, policy_loss, sequence_logprobs, value_loss,
     whiten,
 )
+from gencycle.alignment.preferences import (
+    PreferencePair, load_preferences, load_prompts, sample_preference_pairs, write_preferences,
+)
+from gencycle.alignment.reward_model import (
+    MetricsTrainer, RewardModel, bradley_terry_loss, load_for_scoring, load_reward_model, same_vocabulary,
+)
+from gencycle.alignment.dpo import (
+    DPOCollator, DPOExample, DPOStep, completion_logprobs, precompute_reference, reference_copy,
+    tokenize_preference_pairs,
+)
 
 __all__ = ["DPO_LOSS_TYPES", "KL_KINDS", "AdaptiveKLController", "FixedKLController", "dpo_loss", "gae",
            "kl_estimate", "kl_penalized_rewards", "masked_mean", "masked_sum", "masked_var", "policy_loss",
            "sequence_logprobs", "value_loss", "whiten"]
+__all__ += ["DPOCollator", "DPOExample", "DPOStep", "MetricsTrainer", "PreferencePair", "RewardModel",
+            "bradley_terry_loss", "completion_logprobs", "load_for_scoring", "load_preferences", "load_prompts",
+            "load_reward_model", "precompute_reference", "reference_copy", "same_vocabulary",
+            "sample_preference_pairs", "tokenize_preference_pairs", "write_preferences"]
