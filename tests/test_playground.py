@@ -5,6 +5,7 @@ attention weights are compared with `gencycle.inspection.attention_maps` on the 
 The browser test (tests/test_playground_browser.py) drives the page itself.
 """
 
+import json
 import re
 import threading
 import time
@@ -130,6 +131,21 @@ def test_while_loading_the_endpoints_answer_503(folder):
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert response.json()["error"]["type"] == "unavailable_error"
     assert client.get("/v1/inspect/model").status_code == 503
+
+
+def test_a_model_without_chat_template_says_so(tmp_path):
+    folder = save_tiny_chat_model(tmp_path / "no-template")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    del config["chat_template"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    app = create_app(folder, ServeConfig(**CONFIG))
+    with TestClient(app) as client:
+        assert app.state.runtime.wait(timeout=60)
+        assert client.get("/v1/inspect/model").json()["chat_template"] is False    # the page offers raw mode only
+        response = client.post("/v1/inspect/attention", json={"messages": MESSAGES})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+        assert "no chat template" in response.json()["error"]["message"]
+        assert client.post("/v1/inspect/attention", json={"prompt": "hello"}).status_code == 200
 
 
 # ---------------------------------------------------------------- the model and its attention

@@ -313,7 +313,9 @@ def test_model_and_user_html_is_shown_as_text(page, server):
     expect(page.locator(".msg.assistant .body").last).to_have_text(PAYLOAD)
 
     page.get_by_label("Message").fill(f"and this one: {PAYLOAD}")        # the user's own text
-    generate(page, "/v1/chat/completions")
+    body, _ = generate(page, "/v1/chat/completions")
+    assert body["messages"] == [{"role": "user", "content": PICTURE}, {"role": "assistant", "content": PAYLOAD},
+                                {"role": "user", "content": f"and this one: {PAYLOAD}"}]   # the conversation so far
     expect(page.locator(".msg.user .body").last).to_have_text(f"and this one: {PAYLOAD}")
     page.get_by_role("tab", name="Token view").click()
     page.get_by_role("tab", name="Attention map").click()
@@ -324,6 +326,33 @@ def test_model_and_user_html_is_shown_as_text(page, server):
     assert page.evaluate("document.querySelectorAll('#transcript *').length") == 4 * 3   # 4 messages, 2 spans each
     assert page.dialogs == []
     screenshot(page, "html-as-text")
+
+
+def test_stop_ends_a_stream_and_frees_its_row(page, server):
+    prompt = "a stitch in time"          # the tiny model's greedy continuation runs to the window (about 1 s)
+    full = replay(server, "/v1/completions", {"prompt": prompt, "temperature": 0, "max_tokens": 480})["choices"][0]
+    assert full["finish_reason"] == "length"
+    page.get_by_label("Raw completion").check()
+    page.get_by_label("Greedy").check()
+    page.get_by_label("Max new tokens").fill("480")                   # the context window is 512
+    page.get_by_label("Prompt", exact=True).fill(prompt)
+    page.get_by_role("button", name="Generate").click()
+    output = page.locator("#completion-output")
+    expect(output).not_to_have_text("")
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#finish")).to_have_text("stopped")
+    expect(page.get_by_role("button", name="Generate")).to_be_enabled()
+    shown = output.text_content()
+    assert full["text"].startswith(shown) and len(shown) < len(full["text"]), "Stop did not cut the stream"
+    deadline = time.monotonic() + 10                                   # the server drops the row at a step
+    while time.monotonic() < deadline and _running(server) != 0:
+        time.sleep(0.1)
+    assert _running(server) == 0
+
+
+def _running(server: str) -> float:
+    metrics = httpx.get(server + "/metrics", timeout=10).text
+    return float(re.search(r"^gencycle:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M).group(1))
 
 
 def test_errors_are_shown_and_nothing_is_lost(page, server):
