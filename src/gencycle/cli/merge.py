@@ -9,6 +9,7 @@ tokenizer.json + tokenizer_config.json), so `gencycle generate DIR ...` runs on 
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 from ..errors import OptionError, UserError, check_input, check_output
@@ -48,7 +49,12 @@ def merge_adapter(model_path, adapter_path, out, dtype=None) -> Path:
         raise UserError(f"only LoRA adapters can be merged into the weights; {adapter_path} is "
                         f"{config.get('peft_type')!r} (a soft prompt stays a separate input)")
     source = assets.resolve(model_path)
-    tokenizer = load_tokenizer(model_path)  # before the weights: a model without a tokenizer fails now
+    try:
+        tokenizer = load_tokenizer(model_path)  # before the weights: a broken tokenizer fails now
+    except FileNotFoundError:
+        tokenizer = None
+        warnings.warn(f"{model_path} has no tokenizer, so the merged folder has none: copy one in before "
+                      "generating with it")
     model = load_model(model_path, device="cpu")
     model = merge_lora(load_adapter(model, adapter), unload=True)
     if dtype is not None:
@@ -57,7 +63,7 @@ def merge_adapter(model_path, adapter_path, out, dtype=None) -> Path:
     copied = [name for name in TOKENIZER_FILES if source.is_dir() and (source / name).is_file()]
     for name in copied:
         shutil.copy2(source / name, out / name)
-    if not (out / "tokenizer.json").is_file() and not (out / "spiece.model").is_file():
+    if tokenizer is not None and not (out / "tokenizer.json").is_file() and not (out / "spiece.model").is_file():
         tokenizer.save_pretrained(out)  # a .gguf file's tokenizer (and chat template) from its metadata
     if source.is_dir() and (source / "generation_config.json").is_file():
         shutil.copy2(source / "generation_config.json", out / "generation_config.json")
