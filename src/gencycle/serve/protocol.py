@@ -3,7 +3,7 @@
 Request fields follow the OpenAI reference (`messages` / `prompt`, `max_tokens` and
 `max_completion_tokens`, `temperature`, `top_p`, `n`, `stop`, `seed`, `presence_penalty`,
 `frequency_penalty`, `logprobs` / `top_logprobs`, `stream`, `stream_options`, `user`) with vLLM's
-extensions (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`) and `num_beams` (beam search, not streamed).
+extensions (`top_k`, `min_p`, `repetition_penalty`, `min_tokens`, `ignore_eos`) and `num_beams` (beam search, not streamed).
 Unknown fields are accepted and ignored, as vLLM does; known OpenAI fields that gencycle does not
 implement (`logit_bias`, `tools`, `response_format` other than text, `echo`, `suffix`) are refused
 with a 400 rather than ignored.
@@ -84,6 +84,7 @@ class _Sampling(_Body):
     min_p: float | None = None
     repetition_penalty: float | None = None
     min_tokens: int = 0
+    ignore_eos: bool = False
     num_beams: int = 1
     logit_bias: dict[str, float] | None = None
 
@@ -151,6 +152,8 @@ class _Sampling(_Body):
             min_p=self.min_p or 0.0, repetition_penalty=self.repetition_penalty or 1.0,
             presence_penalty=self.presence_penalty or 0.0, frequency_penalty=self.frequency_penalty or 0.0,
             seed=None if self.seed is None else self.seed % INT64)
+        if self.ignore_eos:
+            values.update(eos_token_id=())
         if beams:
             values.update(num_beams=self.num_beams, num_return_sequences=self.n)
         elif temperature > 0:
