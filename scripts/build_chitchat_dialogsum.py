@@ -15,7 +15,7 @@ import random
 import sys
 from pathlib import Path
 
-OUT = Path(__file__).resolve().parents[1] / "data" / "chitchat-dialogsum"
+OUT = Path(__file__).resolve().parents[1] / "src" / "gencycle" / "data" / "chitchat-dialogsum"  # package data
 N_DIALOGUES = 330
 SPLITS = {"train": 220, "validation": 55, "test": 55}
 MAX_CHARS = 900

@@ -63,9 +63,10 @@ def test_split_on_a_single_file_is_an_error():
         load_dialogsum(FIXTURES / "dialogsum_sample.csv", "train")
 
 
-def test_shipped_data_is_found_at_the_repository_root():
-    assert SHIPPED_DIR == Path(__file__).resolve().parents[1] / "data" / "chitchat-dialogsum"
-    assert SHIPPED_DIR.is_dir()
+def test_shipped_data_is_package_data():
+    import gencycle.data
+    assert SHIPPED_DIR == Path(gencycle.data.__file__).resolve().parent / "chitchat-dialogsum"
+    assert {"train.jsonl", "validation.jsonl", "test.jsonl", "README.md"} <= {p.name for p in SHIPPED_DIR.iterdir()}
 
 
 def test_shipped_dataset_counts_no_empty_or_duplicate_summaries_no_overlap():

@@ -12,7 +12,7 @@ from gencycle.training.tokenizer_training import train_tokenizer, train_tokenize
 
 transformers = pytest.importorskip("transformers")
 
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "chitchat-dialogsum"
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "gencycle" / "data" / "chitchat-dialogsum"
 VOCAB = {"bpe": 600, "wordpiece": 600, "unigram": 700}
 UNSEEN = [  # not in the training split: the test split's dialogues, and text with rare characters
     *[json.loads(line)["dialogue"] for line in (SHIPPED / "test.jsonl").read_text().splitlines()[:20]],

@@ -20,10 +20,9 @@ from pathlib import Path
 from .files import read_rows
 
 # The dataset shipped with the project (dialogues from chitchat-dataset, summaries
-# written for gencycle; see its data card). Found at the repository root, which
-# works from a source checkout (`pip install -e .`); copying it into the wheel as
-# package data is a later concern, and only this constant will need to change.
-SHIPPED_DIR = Path(__file__).resolve().parents[3] / "data" / "chitchat-dialogsum"
+# written for gencycle; see its data card): package data next to this module, so it
+# is there in a wheel as in a source checkout.
+SHIPPED_DIR = Path(__file__).resolve().parent / "chitchat-dialogsum"
 
 SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"dev": "validation", "valid": "validation", "val": "validation"}
@@ -64,7 +63,8 @@ def load_dialogsum(path: str | Path, split: str | None = None) -> list[DialogueE
 def load_shipped(split: str) -> list[DialogueExample]:
     """The project's own dataset (chitchat dialogues, project-written summaries)."""
     if not SHIPPED_DIR.is_dir():
-        raise FileNotFoundError(f"the shipped dataset is not at {str(SHIPPED_DIR)!r}")
+        raise FileNotFoundError(f"the shipped dataset is not at {str(SHIPPED_DIR)!r}: this install of gencycle "
+                                "lacks its package data (reinstall it)")
     return load_dialogsum(SHIPPED_DIR, split)
 
 
