@@ -44,6 +44,10 @@ def llm(client):
     return client.app.state.runtime.llm
 
 
+def maps(out) -> torch.Tensor:
+    return torch.tensor(out["attention"], dtype=torch.double)
+
+
 def attention(client, **body):
     response = client.post("/v1/inspect/attention", json=body)
     assert response.status_code == 200, response.text
@@ -166,7 +170,7 @@ def test_attention_over_a_prompt_equals_inspection(client, llm, layer):
     assert out["tokens"] == tokens and out["token_ids"] == llm.tokenizer.encode(text)
     assert out["layer"] == layer % 2 and out["heads"] == [0, 1, 2, 3] and out["num_layers"] == 2
     assert out["prompt_tokens"] == T and out["truncated"] is False
-    got = torch.tensor(out["attention"], dtype=torch.double)
+    got = maps(out)
     assert got.shape == (4, T, T)
     torch.testing.assert_close(got, expected.double(), atol=1e-6, rtol=0)
     torch.testing.assert_close(got.sum(-1), torch.ones(4, T, dtype=torch.double), atol=1e-4, rtol=0)
@@ -181,7 +185,7 @@ def test_attention_over_messages_uses_the_chat_template(client, llm):
     assert client.post("/tokenize", json={"messages": MESSAGES}).json()["tokens"] == ids
     tokens, expected = attention_maps(llm.model, llm.tokenizer, ids, 1)
     assert out["tokens"] == tokens and out["heads"] == [2]
-    torch.testing.assert_close(torch.tensor(out["attention"], dtype=torch.double), expected[2:3].double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(maps(out), expected[2:3].double(), atol=1e-6, rtol=0)
     assert out["tokens"][0] == "<|im_start|>"
 
 
@@ -194,7 +198,7 @@ def test_a_long_prompt_is_cut_to_the_first_tokens(client, llm):
     assert out["truncated"] is True and out["prompt_tokens"] == len(ids) and out["max_tokens"] == cap
     assert out["token_ids"] == ids[:cap] and len(out["tokens"]) == cap
     _, expected = attention_maps(llm.model, llm.tokenizer, ids[:cap], 0)
-    torch.testing.assert_close(torch.tensor(out["attention"], dtype=torch.double), expected[:1].double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(maps(out), expected[:1].double(), atol=1e-6, rtol=0)
 
 
 def test_the_attention_forward_runs_on_the_engine_thread_during_decoding(client, llm, monkeypatch):
@@ -220,7 +224,7 @@ def test_the_attention_forward_runs_on_the_engine_thread_during_decoding(client,
     decoding.join(timeout=60)
     assert threads == ["gencycle-engine"]
     _, expected = attention_maps(llm.model, llm.tokenizer, "stop here and wait", 1)
-    torch.testing.assert_close(torch.tensor(out["attention"], dtype=torch.double), expected.double(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(maps(out), expected.double(), atol=1e-6, rtol=0)
     assert done["text"] == alone, "the attention forward changed a running greedy decode"
 
 

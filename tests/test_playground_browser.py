@@ -11,9 +11,13 @@ The model is fine-tuned in the fixture (a few hundred steps on one conversation)
 a picture" with an HTML tag, so that real model text carries `<img src=x onerror=alert(1)>`: the
 page must show it as text and create no element.
 
+The last test serves the packaged SmolLM2-135M-Instruct (skipped when it is not installed) and
+copies its token-view screenshot to docs/playground.png, the README's picture.
+
 Needs /usr/bin/chromium (`apt-get install chromium`; Playwright's own browser download cannot
-reach this machine): skipped with that reason without it. Marked slow (about a minute on 2 cores:
-the server process starts, the model is tuned, chromium renders): `make test-all` runs it.
+reach this machine): skipped with that reason without it. Marked slow (on 2 shared cores about
+30-45 s for the tiny model's five tests, the server start and the tuning included, and 40-60 s more
+for the packaged model): `make test-all` runs it.
 """
 
 import contextlib
@@ -111,7 +115,8 @@ def gencycle_serve(model: Path | None, log_path: Path, health_timeout: float = H
                 except httpx.TransportError:
                     pass
                 if time.monotonic() > deadline:
-                    pytest.fail(f"gencycle serve was not healthy within {health_timeout:.0f} s:\n{log_path.read_text()}")
+                    pytest.fail(f"gencycle serve was not healthy within {health_timeout:.0f} s:\n"
+                                f"{log_path.read_text()}")
                 time.sleep(0.2)
             yield base
         finally:
@@ -199,8 +204,9 @@ def test_chat_streams_with_the_settings_typed(page, server):
     page.get_by_label("Seed").fill("7")
     page.get_by_label("System prompt").fill("You answer briefly.")
     # count the text's changes as they land (streamed: several deltas, not one final text)
-    page.evaluate("""() => { window.deltas = 0; new MutationObserver((records) => { window.deltas += records.length; })
-                              .observe(document.getElementById('transcript'), {subtree: true, characterData: true}); }""")
+    page.evaluate("""() => { window.deltas = 0;
+        new MutationObserver((records) => { window.deltas += records.length; })
+            .observe(document.getElementById('transcript'), {subtree: true, characterData: true}); }""")
     page.get_by_label("Message").fill("hello there")
     body, response = generate(page, "/v1/chat/completions")
 
@@ -262,7 +268,8 @@ def test_chat_streams_with_the_settings_typed(page, server):
         expect(readout).to_contain_text(f": {maps['attention'][0][i][j]:.4f}")
     colours = page.evaluate("""() => { const c = document.getElementById('attention-canvas');
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const seen = new Set();
-        for (let k = 0; k < d.length; k += 4 * 7) seen.add(d[k] + ',' + d[k + 1] + ',' + d[k + 2]); return seen.size; }""")
+        for (let k = 0; k < d.length; k += 4 * 7) seen.add(d[k] + ',' + d[k + 1] + ',' + d[k + 2]);
+        return seen.size; }""")
     assert colours > 8, "the attention map is not drawn"
     page.locator("#view-attention").evaluate("panel => { panel.scrollTop = 0; }")
     canvas.hover(position={"x": margin + 2.5 * cell, "y": margin + 6.5 * cell})    # a readout in the picture

@@ -169,7 +169,8 @@ def _prompt_ids(llm, body: AttentionRequest) -> list[int]:
                            "messages") from error
         ids = llm.tokenizer.encode(text, add_special_tokens=False)
     if not ids:
-        raise APIError(400, "the prompt is empty: it has no tokens", "prompt" if body.prompt is not None else "messages")
+        raise APIError(400, "the prompt is empty: it has no tokens",
+                       "prompt" if body.prompt is not None else "messages")
     return ids
 
 
