@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gencycle.assets import resolve
-from gencycle.embeddings import SentenceEncoder, mean_pool
+from gencycle.integrate.embeddings import SentenceEncoder, mean_pool
 
 transformers = pytest.importorskip("transformers")
 
@@ -39,6 +39,27 @@ def test_packaged_minilm_matches_transformers_mean_pooling():
     assert ours.shape == (4, 384)
     torch.testing.assert_close(ours, reference, atol=1e-4, rtol=0)
     assert torch.allclose(ours.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_packaged_minilm_equals_sentence_transformers():
+    """The issue's reference: sentence-transformers' own pipeline on the same folder (test-only)."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    folder = _packaged()
+    reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu")
+    texts = TEXTS + ["#Person1#: Do you like pizza?\n#Person2#: Yes, with cheese. " * 30]  # past 256 tokens: cut
+    theirs = torch.as_tensor(reference.encode(texts, batch_size=2, convert_to_numpy=True))
+    ours = SentenceEncoder(batch_size=2).encode(texts)
+    cosine = (ours * theirs).sum(-1) / (ours.norm(dim=-1) * theirs.norm(dim=-1))
+    assert cosine.min() >= 0.9999, cosine
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+
+def test_vectors_keep_the_order_of_the_texts_whatever_the_batching():
+    _packaged()
+    texts = ["short", "a much longer text than the others, with many more words in it", "mid length text"]
+    one_by_one = torch.cat([SentenceEncoder(batch_size=1).encode(t) for t in texts])
+    torch.testing.assert_close(SentenceEncoder(batch_size=2).encode(texts, progress=True), one_by_one,
+                               atol=1e-5, rtol=0)
 
 
 def test_unnormalized_and_truncated(tmp_path):
@@ -75,6 +96,12 @@ def test_tiny_random_bert_matches(tmp_path):
     texts = ["the cat sat on the mat", "a dog ran", "far"]
     ours = SentenceEncoder(tmp_path, normalize=False).encode(texts)
     torch.testing.assert_close(ours, _reference(tmp_path, texts, max_length=64), atol=1e-4, rtol=0)
+
+
+def test_name_of_a_packaged_encoder_and_of_a_folder(tmp_path):
+    from gencycle.integrate.embeddings import embedder_name
+    assert embedder_name("all-MiniLM-L6-v2") == "all-minilm-l6-v2"
+    assert embedder_name(tmp_path) == str(tmp_path.resolve())
 
 
 def test_decoder_model_is_refused(tmp_path):
