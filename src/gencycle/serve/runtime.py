@@ -98,7 +98,7 @@ class Runtime:
             log.info("no embedding model: the packaged %s is not installed (/v1/embeddings answers 404)",
                      DEFAULT_ENCODER)
             return
-        from ..embeddings import SentenceEncoder
+        from ..integrate.embeddings import SentenceEncoder
         self.encoder = SentenceEncoder(choice, device=self.config.device)
         self.encoder_name = model_name(choice)
 
