@@ -19,6 +19,7 @@ import sys
 import warnings
 
 COMMAND_MODULES = [
+    "gencycle.cli.agent",
     "gencycle.cli.dpo",
     "gencycle.cli.estimate",
     "gencycle.cli.evaluate",
@@ -26,6 +27,7 @@ COMMAND_MODULES = [
     "gencycle.cli.generate",
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
+    "gencycle.cli.rag",
     "gencycle.cli.reward",
     "gencycle.cli.serve",
     "gencycle.cli.tokenizer",
