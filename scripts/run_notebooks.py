@@ -1,0 +1,85 @@
+"""Execute the notebooks (notebooks/*.ipynb) top to bottom, each in a fresh kernel, into runs/notebooks/.
+
+Each notebook runs with runs/notebooks/ as its working folder (files it writes land there) and its
+executed copy, outputs included, is written there as well; the run time of each is printed, and a
+notebook whose cell raises stops the run with that cell's error. The kernel is "python3" started
+with the Python that runs this script (the project's .venv under `make notebooks`).
+
+    python scripts/run_notebooks.py                      # all of them
+    python scripts/run_notebooks.py 01 02                # the notebooks whose names start so
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from jupyter_client.kernelspec import KernelSpecManager
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+OUT = ROOT / "runs" / "notebooks"
+
+
+def check_kernel() -> None:
+    """The python3 kernel must start this interpreter (jupyter_client maps argv[0] "python" to it)."""
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    program = spec.argv[0]
+    if program not in ("python", "python3") and Path(program).resolve() != Path(sys.executable).resolve():
+        raise SystemExit(f"the python3 kernel starts {program}, not {sys.executable}; register this one with "
+                         f"`{sys.executable} -m ipykernel install --sys-prefix`")
+
+
+def run(path: Path, out_dir: Path, cell_timeout: int) -> float:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=cell_timeout,
+                            resources={"metadata": {"path": str(out_dir)}})
+    start = time.perf_counter()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, out_dir / path.name)  # the executed copy, also when a cell failed
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="run only the notebooks whose file names start with these")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for the executed copies (default runs/notebooks)")
+    parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run (default 900)")
+    args = parser.parse_args(argv)
+    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    if args.names:
+        paths = [p for p in paths if any(p.name.startswith(n) for n in args.names)]
+        if not paths:
+            print(f"no notebook in notebooks/ starts with {' or '.join(args.names)}", file=sys.stderr)
+            return 2
+    check_kernel()
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # the kernels inherit it: see the Makefile's demo
+    times, failed = [], None
+    for path in paths:
+        print(f"{path.name} ...", flush=True)
+        try:
+            seconds = run(path, args.out, args.cell_timeout)
+        except CellExecutionError as error:
+            failed = path.name
+            print(f"{path.name} FAILED (executed copy in {args.out / path.name}):\n{error}", file=sys.stderr)
+            break
+        times.append((path.name, seconds))
+        print(f"{path.name}: {seconds:.0f} s", flush=True)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nrun times (load average {load:.1f}, {os.cpu_count()} cores):")
+    for name, seconds in times:
+        print(f"  {name:<40} {seconds // 60:.0f} min {seconds % 60:02.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

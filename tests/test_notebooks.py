@@ -1,0 +1,61 @@
+"""The notebooks: committed clean (no outputs, no execution counts, valid nbformat, equal to their
+sources) and, in the slow suite, executed top to bottom by scripts/run_notebooks.py."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import build_notebooks  # noqa: E402
+
+
+def test_there_are_notebooks_and_each_has_a_source():
+    assert NOTEBOOKS, "notebooks/ holds no .ipynb file"
+    sources = {p.stem for p in (ROOT / "notebooks" / "source").glob("*.py")}
+    assert {p.stem for p in NOTEBOOKS} == sources
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_notebook_is_valid_and_has_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and any(c.cell_type == "markdown" for c in nb.cells)
+    for cell in code:
+        assert cell.outputs == [], f"{path.name}: a code cell has outputs"
+        assert cell.execution_count is None, f"{path.name}: a code cell has an execution count"
+    assert path.read_text(encoding="utf-8") == build_notebooks.render(ROOT / "notebooks" / "source" / f"{path.stem}.py"), \
+        f"{path.name} differs from its source: run python scripts/build_notebooks.py"
+
+
+def test_build_rejects_a_source_with_text_before_the_first_cell(tmp_path):
+    source = tmp_path / "99_bad.py"
+    source.write_text("x = 1\n# %%\ny = 2\n")
+    with pytest.raises(ValueError, match="before the first cell"):
+        build_notebooks.build(source)
+
+
+def test_build_reads_markdown_and_code_cells(tmp_path):
+    source = tmp_path / "99_ok.py"
+    source.write_text("# %% [markdown]\n# # Title\n#\n# Words.\n\n# %%\nx = 1\nprint(x)\n")
+    nb = build_notebooks.build(source)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code"]
+    assert nb.cells[0].source == "# Title\n\nWords."
+    assert nb.cells[1].source == "x = 1\nprint(x)"
+
+
+@pytest.mark.slow
+def test_notebooks_execute(tmp_path):
+    """What `make notebooks` runs: each notebook in a fresh kernel; executed copies in tmp_path."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=3600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for path in NOTEBOOKS:
+        executed = nbformat.read(tmp_path / path.name, as_version=4)
+        assert all(c.execution_count for c in executed.cells if c.cell_type == "code" and c.source.strip())
