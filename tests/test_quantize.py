@@ -7,7 +7,10 @@ Tolerances, stated once:
   norm) of fp32 (measured: 2.7%; bf16 alone gives 1.3%), the same arg-max at >= 85% of positions
   and the same first 4 greedy tokens for 2 prompts; int4 likewise on weights that lie on a 4-bit grid, as in the Q4_1
   GGUF file gencycle ships (measured 1.7-2.1% for group sizes 32-128); on plain Gaussian weights
-  int4 errs by 8-10% per layer, as 4-bit rounding predicts (step = range / 15, error step / sqrt(12)).
+  int4 errs by 8-10% per layer, as 4-bit rounding predicts (step = range / 15, error step / sqrt(12));
+- these hold on both paths of a quantized layer: the prefill (products over >= MATRIX_ROWS rows,
+  through the bf16 copy of the dequantized weights when one is kept) and the decoding steps (a few
+  rows, through the int8 / int4 kernels); the two paths agree to bf16 precision (< 1%).
 """
 
 import copy
@@ -17,7 +20,8 @@ import torch
 from torch import nn
 
 import gencycle
-from gencycle.model.quantize import QuantizedLinear, parse_mode, quantize_model
+from gencycle.model import quantize as quantize_module
+from gencycle.model.quantize import MATRIX_ROWS, QuantizedLinear, parse_mode, quantize_model
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -65,6 +69,34 @@ def test_layer_matches_its_dequantized_weight(bits, group_size):
     assert relative_error(y, x @ w.t() + bias) < expected
 
 
+@pytest.mark.parametrize("bits,group_size", [(8, None), (4, 32)])
+def test_the_prefill_copy_computes_what_the_kernels_compute(bits, group_size):
+    w, bias = torch.randn(96, 256), torch.randn(96)
+    kernel = QuantizedLinear(w, bias, bits, group_size, prefill="kernel")
+    copy_ = QuantizedLinear(w, bias, bits, group_size, prefill="bf16")
+    assert kernel.weight_bf16 is None and copy_.weight_bf16.dtype == torch.bfloat16
+    assert "bf16 copy for prefill" in repr(copy_)
+    assert relative_error(copy_.weight_bf16, kernel.dequantized_weight()) < 0.005  # bf16 rounding only
+    few, many = torch.randn(MATRIX_ROWS - 1, 256), torch.randn(3, MATRIX_ROWS, 256)
+    assert torch.equal(copy_(few), kernel(few))                   # decoding steps: the kernels
+    assert relative_error(copy_(many), kernel(many)) < 0.01       # a prompt: the bf16 copy
+    assert relative_error(copy_(many), many @ w.t() + bias) < (0.01 if bits == 8 else 0.11)
+    copy_.weight_bf16.zero_()                                     # it really is the copy that runs
+    assert copy_(many).abs().max() <= bias.abs().max() + 0.01 and torch.equal(copy_(few), kernel(few))
+
+
+def test_prefill_auto_keeps_the_copy_only_where_bf16_matmuls_are_native(monkeypatch):
+    w = torch.randn(32, 64)
+    monkeypatch.setattr(quantize_module, "native_bf16_matmul", lambda device="cpu": False)
+    assert QuantizedLinear(w, None, 8).weight_bf16 is None
+    monkeypatch.setattr(quantize_module, "native_bf16_matmul", lambda device="cpu": True)
+    assert QuantizedLinear(w, None, 8).weight_bf16 is not None
+    model = quantize_model(tiny_llama(), "int4", prefill="kernel")
+    assert model.quantized_prefill == "kernel" and model.lm_head.weight_bf16 is None
+    with pytest.raises(ValueError, match="prefill must be one of 'auto', 'bf16', 'kernel', got 'fast'"):
+        quantize_model(tiny_llama(), "int8", prefill="fast")
+
+
 def test_bf16_and_fp32_inputs_keep_their_dtype():
     layer = QuantizedLinear(torch.randn(32, 64), None, 4, 32)
     assert layer(torch.randn(2, 64)).dtype == torch.float32
@@ -85,6 +117,33 @@ def check_close_to_fp32(model, mode, tolerance, agreement):
     theirs = gencycle.generate(model, prompt, max_new_tokens=12, min_new_tokens=12)
     assert torch.equal(ours[:, :12], theirs[:, :12])  # the first 4 new tokens (later ones may hit near-ties)
     return quantized
+
+
+@torch.no_grad()
+def check_decoding_steps_close_to_fp32(model, mode, tolerance, prefill):
+    """The decode path: a prompt of 8, then 16 steps of 2 rows each (the int kernels), against
+    fp32's logits for the same positions from one full forward."""
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))
+    reference = model(ids).logits
+    quantized = quantize_model(copy.deepcopy(model), mode, prefill=prefill)
+    cache = quantized.new_cache(2, 24)
+    steps = [quantized(ids[:, :8], cache=cache).logits]
+    for t in range(8, 24):
+        steps.append(quantized(ids[:, t:t + 1], cache=cache).logits)
+    assert relative_error(torch.cat(steps, dim=1), reference) < tolerance
+
+
+@pytest.mark.parametrize("prefill", ["bf16", "kernel"])
+@pytest.mark.parametrize("mode", ["int8", "int4-g32"])
+def test_prefill_and_decoding_steps_stay_within_the_tolerance(mode, prefill):
+    model = tiny_llama()
+    if mode.startswith("int4"):
+        snap_to_int4_grid(model, 32)
+    check_decoding_steps_close_to_fp32(model, mode, 0.05, prefill)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24))     # 48 rows: the prefill path
+    with torch.no_grad():
+        logits = quantize_model(copy.deepcopy(model), mode, prefill=prefill)(ids).logits
+        assert relative_error(logits, model(ids).logits) < 0.05
 
 
 def test_int8_model_close_to_fp32():

@@ -20,6 +20,17 @@ embedding stays as it is for lookups: the tie is dropped, which costs the size o
 copy in memory and halves (int8) or quarters (int4) the bytes read per token for the head.
 `quantize_head=False` keeps the head as it is.
 
+Products over many rows (a prompt's prefill, a large batch) are where the weight-only kernels lose:
+they are matrix-vector kernels, so their time grows with every row, while bf16 matrix kernels (AMX /
+AVX512-BF16 on CPU) barely notice a few hundred rows (a prompt of 128 tokens: 5-10x faster than
+the int8 / int4 kernels on this project's Xeon, benchmarks/RESULTS.md). `prefill="bf16"` keeps a
+bf16 copy of the *dequantized* weights (the quantized model's own numbers, rounded to bf16) and
+uses it for every product over at least `MATRIX_ROWS` rows; decoding steps (a few rows) keep
+the int8 / int4 kernels and their smaller reads. The copy costs 2 bytes per weight of memory (on
+top of the 1 or ~0.56 of the quantized weights); `prefill="kernel"` keeps only the quantized weights
+and runs every product through the kernels. The default, "auto", keeps the copy where bf16 matrix
+products are native (a CPU with AMX or AVX512-BF16) and not elsewhere.
+
 int4 needs in_features divisible by the group size (32 by default; 64, 128, 256) and out_features by 16
 (CPU) or 8 (CUDA). A layer that does not fit falls back to int8 with a warning, or raises
 ValueError when `strict=True`. A quantized model is for inference only: it cannot be trained
@@ -28,9 +39,12 @@ or saved in the Hugging Face layout (save the model before quantizing it).
 
 from __future__ import annotations
 
+import functools
 import warnings
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .fusion import FusedLinear, fuse_for_inference
@@ -38,7 +52,46 @@ from .layers import Attention, FeedForward
 
 GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32  # as GGUF's Q4_0 / Q4_1 blocks; see quantize_model
+PREFILL_MODES = ("auto", "bf16", "kernel")
+MATRIX_ROWS = 16  # products over at least this many rows use the bf16 copy, when one is kept
 aten = torch.ops.aten
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16_matmul(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matrix products run on native hardware: a CPU with AMX-BF16 or AVX512-BF16,
+    or a CUDA GPU that supports bf16 (on other CPUs oneDNN emulates bf16, slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if probe is not None and amx is not None:
+        return bool(probe() or amx())
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_prefill(prefill: str, device: torch.device | str) -> str:
+    """"auto" -> "bf16" where bf16 matrix products are native on this CPU, else "kernel"."""
+    if prefill not in PREFILL_MODES:
+        raise ValueError(f"prefill must be one of {', '.join(map(repr, PREFILL_MODES))}, got {prefill!r}")
+    if prefill == "auto":
+        device = torch.device(device)
+        return "bf16" if device.type == "cpu" and native_bf16_matmul(device) else "kernel"
+    return prefill
 
 
 def parse_mode(mode: str, group_size: int | None = None) -> tuple[int, int | None]:
@@ -76,32 +129,39 @@ class QuantizedLinear(nn.Module):
 
     x: (..., in_features) in any float dtype; it is cast to bf16 for the kernel and the result
     back to x's dtype. Build it from a float weight (out_features, in_features).
+    prefill: "bf16" keeps `weight_bf16`, the dequantized weight in bf16, for products over at least
+    MATRIX_ROWS rows; "kernel" keeps none; "auto" picks by the hardware (`resolve_prefill`).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, bits: int = 8,
-                 group_size: int | None = None):
+                 group_size: int | None = None, prefill: str = "auto"):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bits, self.group_size = bits, group_size
+        prefill = resolve_prefill(prefill, weight.device)
         w = weight.detach().float()
         if bits == 8:
-            self._pack_int8(w)
+            dequantized = self._pack_int8(w)
         elif bits == 4:
             problem = int4_problem(self.out_features, self.in_features, group_size, w.device)
             if problem:
                 raise ValueError(f"int4 cannot quantize this layer: {problem}")
-            self._pack_int4(w)
+            dequantized = self._pack_int4(w)
         else:
             raise ValueError(f"bits must be 8 or 4, got {bits}")
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
+        # not saved (a quantized model is not saved anyway), but moved and copied with the layer
+        self.register_buffer("weight_bf16", dequantized.to(torch.bfloat16) if prefill == "bf16" else None,
+                             persistent=False)
 
-    def _pack_int8(self, w: torch.Tensor) -> None:
+    def _pack_int8(self, w: torch.Tensor) -> torch.Tensor:
         scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12).to(torch.bfloat16)       # (N,)
         q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)     # (N, K)
         self.register_buffer("weight_int8", q)
         self.register_buffer("scales", scale)
+        return q.float() * scale.float()[:, None]
 
-    def _pack_int4(self, w: torch.Tensor) -> None:
+    def _pack_int4(self, w: torch.Tensor) -> torch.Tensor:
         N, K, G = self.out_features, self.in_features, self.group_size
         groups = w.view(N, K // G, G)
         low, high = groups.amin(dim=-1), groups.amax(dim=-1)                           # (N, K/G)
@@ -116,6 +176,7 @@ class QuantizedLinear(nn.Module):
             packed = aten._convert_weight_to_int4pack_for_cpu(q, 2)
         self.register_buffer("weight_int4", packed)
         self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous())
+        return ((q.view(N, K // G, G) - 8) * scale.float()[..., None] + zero.float()[..., None]).view(N, K)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight (N, K) the kernel computes with (for tests and inspection)."""
@@ -134,43 +195,48 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)                                  # (M, K)
         x2 = x2.to(torch.bfloat16) if x2.dtype != torch.bfloat16 else x2
-        y = self._matmul(x2 if x2.is_contiguous() else x2.contiguous())        # (M, N)
-        if self.bias is not None:
-            y = y + self.bias
+        if self.weight_bf16 is not None and x2.shape[0] >= MATRIX_ROWS:      # a prompt, a big batch
+            y = F.linear(x2, self.weight_bf16, self.bias)
+        else:
+            y = self._matmul(x2 if x2.is_contiguous() else x2.contiguous())    # (M, N)
+            if self.bias is not None:
+                y = y + self.bias
         y = y.view(*x.shape[:-1], self.out_features)
         return y.to(x.dtype) if x.dtype != torch.bfloat16 else y
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.bits == 4 else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}"
+        copy = ", bf16 copy for prefill" if self.weight_bf16 is not None else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}{copy}"
 
 
 # ------------------------------------------------------------------ swapping a model's layers
 class _Quantizer:
     """Turns float weights into QuantizedLinear layers, remembering which ones fell back to int8."""
 
-    def __init__(self, bits: int, group_size: int | None, strict: bool):
+    def __init__(self, bits: int, group_size: int | None, strict: bool, prefill: str):
         self.bits, self.group_size, self.strict = bits, group_size or DEFAULT_GROUP_SIZE, strict
+        self.prefill = prefill
         self.fallbacks: list[str] = []
 
     def __call__(self, name: str, weight: torch.Tensor, bias: torch.Tensor | None) -> QuantizedLinear:
         if self.bits == 8:
-            return QuantizedLinear(weight, bias, 8)
+            return QuantizedLinear(weight, bias, 8, prefill=self.prefill)
         N, K = weight.shape
         problem = int4_problem(N, K, self.group_size, weight.device)
         if problem is None:
-            return QuantizedLinear(weight, bias, 4, self.group_size)
+            return QuantizedLinear(weight, bias, 4, self.group_size, prefill=self.prefill)
         if self.strict:
             raise ValueError(f"int4 cannot quantize {name} ({N} x {K}): {problem}; "
                              "pick another group_size, or strict=False to fall back to int8 for such layers")
         self.fallbacks.append(f"{name} ({problem})")
-        return QuantizedLinear(weight, bias, 8)
+        return QuantizedLinear(weight, bias, 8, prefill=self.prefill)
 
 
 
 @torch.no_grad()
 def quantize_model(model, mode: str = "int8", group_size: int | None = None, strict: bool = False,
-                   quantize_head: bool = True):
+                   quantize_head: bool = True, prefill: str = "auto"):
     """Swap the model's Linear layers for QuantizedLinear in place; returns the model (in eval mode).
 
     mode: "int8", "int4" or "int4-g<size>". group_size (int4): 32 (the default), 64, 128 or 256.
@@ -178,11 +244,15 @@ def quantize_model(model, mode: str = "int8", group_size: int | None = None, str
     accurate; on SmolLM2, whose weights come from a Q4_1 file (groups of 32), it reproduces the
     file's 4-bit grid, where 64 and 128 quadruple the logit error (benchmarks/RESULTS.md).
     strict: raise instead of falling back to int8 for a layer int4 cannot take.
+    prefill: "bf16" keeps a bf16 copy of the dequantized weights for products over many rows
+    (prompts, large batches: bf16 speed, 2 bytes per weight more memory), "kernel" does not,
+    "auto" keeps it where bf16 matrix products are native (module docstring).
     """
     if getattr(model, "quantization", None):
         raise ValueError(f"the model is already quantized ({model.quantization})")
     bits, group_size = parse_mode(mode, group_size)
-    quantize = _Quantizer(bits, group_size, strict)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    quantize = _Quantizer(bits, group_size, strict, resolve_prefill(prefill, device))
     fuse_for_inference(model)
     layers = [(f"{name}.{child}", module, child, layer) for name, module in model.named_modules()
               if isinstance(module, (Attention, FeedForward)) for child, layer in module.named_children()
@@ -201,6 +271,7 @@ def quantize_model(model, mode: str = "int8", group_size: int | None = None, str
                       + "; ".join(quantize.fallbacks[:4]) + (" ..." if len(quantize.fallbacks) > 4 else ""),
                       stacklevel=2)
     model.quantization = "int8" if bits == 8 else f"int4 (group size {quantize.group_size})"
+    model.quantized_prefill = quantize.prefill  # "bf16": a bf16 copy serves products over many rows
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
