@@ -250,10 +250,19 @@ def prepare_tokenizer(tokenizer, train_texts: list[str], arch: str, data: Corpus
 
 # ------------------------------------------------------------------ blocks
 class Block(NamedTuple):
-    """One row of a split: its number, its ids (L,), and whether it is a validation block."""
+    """One row of a split: its number, its ids (L,), whether it is a validation block (one corruption
+    for every evaluation), and whether its targets count (a filler row scores nothing)."""
     index: int
     input_ids: torch.Tensor
     fixed: bool
+    scored: bool = True
+
+
+def even_shares(blocks: list[Block], world_size: int) -> list[Block]:
+    """`blocks` with unscored copies of the first one added so every process evaluates as many rows
+    (a sharded model's forward is a collective: each process must run the same number of them)."""
+    filler = blocks[0]._replace(scored=False)
+    return blocks + [filler] * (-len(blocks) % world_size)
 
 
 def encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -288,13 +297,16 @@ def make_blocks(documents: list[list[int]], arch: str, block_size: int, tokenize
 
 
 def next_token_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Causal LM over packed blocks: logits (B, T, V) at every position against the next ids (B, T)."""
+    """Causal LM over packed blocks: logits (B, T, V) at every position against the next ids (B, T),
+    the mean over the targets that count (-100: none; 0, not NaN, when no target counts)."""
     logits = model(batch["input_ids"]).logits
-    return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
+    targets = batch["targets"].flatten()
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll / (targets != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def target_tokens(batch: dict[str, torch.Tensor]) -> int:
-    return batch["targets"].numel()
+    return int((batch["targets"] != IGNORE_INDEX).sum())
 
 
 class Batches:
@@ -322,7 +334,8 @@ class Batches:
     def __call__(self, blocks: list[Block]) -> dict[str, torch.Tensor]:
         if self.arch == "decoder":
             rows = torch.stack([b.input_ids for b in blocks])   # (B, T + 1)
-            return {"input_ids": rows[:, :-1], "targets": rows[:, 1:]}
+            targets = rows[:, 1:].masked_fill(~torch.tensor([b.scored for b in blocks])[:, None], IGNORE_INDEX)
+            return {"input_ids": rows[:, :-1], "targets": targets}
         parts = []
         for block in blocks:
             seed = self._seed(block)
@@ -330,7 +343,10 @@ class Batches:
                 self.collator.generator.manual_seed(int(seed.generate_state(1, np.uint64)[0] >> 1))
             else:
                 self.collator.rng = np.random.default_rng(seed)
-            parts.append(self.collator([block.input_ids]))
+            part = self.collator([block.input_ids])
+            if not block.scored:
+                part["labels"] = torch.full_like(part["labels"], IGNORE_INDEX)
+            parts.append(part)
         return _concat(parts, self.pad_token_id)
 
 
@@ -504,7 +520,8 @@ def pretrain(data: str | Path | Sequence[str | Path], tokenizer, config: Pretrai
         step_fn = torch.compile(step_fn)
     prompts = list(config.samples.sample_prompts or corpus.prompts) if arch == "decoder" else []
     sample = (lambda m: draw_samples(m, tokenizer, prompts, config.samples, train_config.seed)) if prompts else None
-    trainer = PretrainTrainer(model, train_config, train_blocks, eval_data=eval_blocks, collate_fn=batches,
+    trainer = PretrainTrainer(model, train_config, train_blocks, eval_data=even_shares(eval_blocks, dist.world_size),
+                              collate_fn=batches,
                               step_fn=step_fn, weight_fn=weight_fn, device=dist.device,
                               sample=sample, sample_every=config.samples.sample_every)
     batches.sampler = trainer.sampler
