@@ -1,4 +1,4 @@
-"""Alignment: the pure losses (KL estimates, GAE, PPO, DPO); reward models, PPO and DPO build on them."""
+"""Alignment: the pure losses (KL estimates, GAE, PPO, DPO); reward models, rewards, rollouts, PPO and DPO."""
 
 from gencycle.alignment.losses import (
     DPO_LOSS_TYPES, KL_KINDS, AdaptiveKLController, FixedKLController, dpo_loss, gae, kl_estimate,
@@ -11,6 +11,12 @@ from gencycle.alignment.preferences import (
 from gencycle.alignment.reward_model import (
     MetricsTrainer, RewardModel, bradley_terry_loss, load_for_scoring, load_reward_model, same_vocabulary,
 )
+from gencycle.alignment.rollout import ResponseBatch, TokenScores, score_tokens
+from gencycle.alignment.rollout import sample as sample_responses
+from gencycle.alignment.rewards import (
+    CallableReward, ClassifierReward, OffensiveProbability, ProfanityReward, load_callable, make_judge, make_reward,
+)
+from gencycle.alignment.ppo import PPOConfig, PPOTrainer, PPOWarning, Prompt, frozen_copy
 from gencycle.alignment.dpo import (
     DPOCollator, DPOExample, DPOStep, completion_logprobs, precompute_reference, reference_copy,
     tokenize_preference_pairs,
@@ -23,3 +29,6 @@ __all__ += ["DPOCollator", "DPOExample", "DPOStep", "MetricsTrainer", "Preferenc
             "bradley_terry_loss", "completion_logprobs", "load_for_scoring", "load_preferences", "load_prompts",
             "load_reward_model", "precompute_reference", "reference_copy", "same_vocabulary",
             "sample_preference_pairs", "tokenize_preference_pairs", "write_preferences"]
+__all__ += ["CallableReward", "ClassifierReward", "OffensiveProbability", "PPOConfig", "PPOTrainer", "PPOWarning",
+            "ProfanityReward", "Prompt", "ResponseBatch", "TokenScores", "frozen_copy", "load_callable", "make_judge",
+            "make_reward", "sample_responses", "score_tokens"]
