@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
     "gencycle.cli.rag",
+    "gencycle.cli.rlhf",
     "gencycle.cli.reward",
     "gencycle.cli.serve",
     "gencycle.cli.tokenizer",
