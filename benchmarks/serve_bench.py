@@ -5,7 +5,9 @@
     python -m benchmarks.serve_bench --clients 1 8 --requests-per-client 2 --no-llama
 
 A load generator (asyncio + httpx, loopback only, bounded in requests and time) runs N clients; each
-sends `--requests-per-client` streaming chat requests one after the other: a real dialogue from the
+sends `--requests-per-client` streaming chat requests one after the other (with one client: as many
+requests as the largest N sends, so that its texts are the reference "alone" answers that the
+other phases' greedy texts are compared with): a real dialogue from the
 shipped chitchat-dialogsum test split to summarize (each request its own dialogue), 64 new tokens,
 greedy, EOS ignored so that every answer has 64 tokens on both servers. Per request: time to first
 token (TTFT: from sending to the first content chunk), inter-token latency (ITL: the gaps between
@@ -76,7 +78,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> dict:
     """One streamed chat request: its TTFT, ITLs, tokens, or its error."""
     start = time.perf_counter()
     first = last = None
-    gaps, tokens, error = [], 0, None
+    gaps, tokens, error, text = [], 0, None, []
     try:
         async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
@@ -91,6 +93,7 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> dict:
                 if chunk.get("usage"):
                     tokens = chunk["usage"]["completion_tokens"]
                 if chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
+                    text.append(chunk["choices"][0]["delta"]["content"])
                     now = time.perf_counter()
                     if first is None:
                         first = now
@@ -101,28 +104,32 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> dict:
         error = f"{type(failure).__name__}: {failure}"
     if error is None and first is None:
         error = "no content streamed"
-    return {"error": error, "ttft": None if first is None else first - start, "gaps": gaps, "tokens": tokens}
+    return {"error": error, "ttft": None if first is None else first - start, "gaps": gaps, "tokens": tokens,
+            "text": "".join(text)}
 
 
 async def run_load(url: str, body: dict, prompts: list[str], clients: int, per_client: int,
                    timeout: float) -> dict:
-    """`clients` concurrent clients, `per_client` requests each; prompts taken in turn."""
+    """`clients` concurrent clients, `per_client` requests each; request k has prompt k."""
     queue = [prompts[k % len(prompts)] for k in range(clients * per_client)]
-    results: list[dict] = []
+    results: list[dict | None] = [None] * len(queue)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=httpx.Timeout(timeout), limits=limits) as client:
         async def worker(k):
             for j in range(per_client):
-                prompt = queue[k * per_client + j]
-                results.append(await one_request(client, url, {**body, "messages": [
-                    {"role": "user", "content": prompt}]}))
+                index = j * clients + k
+                results[index] = await one_request(client, url, {**body, "messages": [
+                    {"role": "user", "content": queue[index]}]})
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(clients))), timeout)
         wall = time.perf_counter() - start
+    lost = sum(r is None for r in results)
+    results = [r if r is not None else {"error": "not answered in time"} for r in results]
     done = [r for r in results if r["error"] is None]
     ttft = [r["ttft"] for r in done]
     gaps = [g for r in done for g in r["gaps"]]
-    return {"requests": len(done), "errors": len(results) - len(done) + (clients * per_client - len(results)),
+    return {"requests": len(done), "errors": len(results) - len(done), "lost": lost,
+            "texts": [r.get("text") for r in results],
             "ttft_p50": percentile(ttft, 50) * 1e3, "ttft_p95": percentile(ttft, 95) * 1e3,
             "itl_p50": percentile(gaps, 50) * 1e3, "itl_p95": percentile(gaps, 95) * 1e3,
             "tokens_per_s": sum(r["tokens"] for r in done) / wall,
@@ -169,9 +176,9 @@ class Process:
         self.log.close()
 
 
-def start_gencycle(threads: int, extra: list[str], timeout: float) -> Process:
+def start_gencycle(model: str, threads: int, extra: list[str], timeout: float) -> Process:
     port = free_port()
-    command = [sys.executable, "-m", "gencycle.cli", "serve", MODEL, "--port", str(port), "--quantize", "int4",
+    command = [sys.executable, "-m", "gencycle.cli", "serve", model, "--port", str(port), "--quantize", "int4",
                "--max-concurrency", str(PARALLEL), "--embedding-model", "none", "--log-level", "warning", *extra]
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return Process("gencycle serve", command, port, timeout, BUILD / "serve-bench-gencycle.log")
@@ -215,22 +222,28 @@ def measure(server: Process, body: dict, prompts: list[str], clients: list[int],
     asyncio.run(run_load(server.url, body, prompts, 1, 1, timeout))        # warm-up: one request
     out = {}
     for n in clients:
+        requests = per_client * (max(clients) if n == 1 else 1)   # alone: every prompt the others send
         print(f"  {server.name}: {n} client(s) ...", flush=True)
-        out[n] = asyncio.run(run_load(server.url, body, prompts, n, per_client, timeout))
+        out[n] = asyncio.run(run_load(server.url, body, prompts, n, requests, timeout))
         if out[n]["first_error"]:
             print(f"    first error: {out[n]['first_error']}", flush=True)
+    if 1 in out:                                  # greedy: the same text alone and in a busy batch?
+        alone = out[1]["texts"]
+        for n, r in out.items():
+            pairs = [(t, alone[k]) for k, t in enumerate(r["texts"]) if t is not None and alone[k] is not None]
+            r["same"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
     return out
 
 
 def report(results: dict[str, dict[int, dict]], clients: list[int], note: str) -> str:
     headers = ["server", "clients", "requests done", "errors", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms",
-               "ITL p95 ms", "tokens/s"]
+               "ITL p95 ms", "tokens/s", "same text as alone"]
     rows = []
     for name, by_n in results.items():
         for n in clients:
             r = by_n[n]
             rows.append([name, n, r["requests"], r["errors"], r["ttft_p50"], r["ttft_p95"], r["itl_p50"],
-                         r["itl_p95"], r["tokens_per_s"]])
+                         r["itl_p95"], r["tokens_per_s"], r.get("same", "-")])
     text = table(headers, rows)
     if "llama-server" in results and "gencycle" in results:
         ratio_rows = []
@@ -247,6 +260,7 @@ def report(results: dict[str, dict[int, dict]], clients: list[int], note: str) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--model", default=MODEL, help="gencycle's model (llama-server runs only on the default)")
     parser.add_argument("--requests-per-client", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="threads of each server")
@@ -261,11 +275,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--clients, --requests-per-client and --new-tokens must be >= 1")
     BUILD.mkdir(exist_ok=True)
     prompts = dialogues()
-    body = {"model": MODEL, "max_tokens": args.new_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
+    body = {"max_tokens": args.new_tokens, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}
     note = ""
-    if args.no_llama:
-        note = "llama-server: not run (--no-llama)."
+    if args.no_llama or args.model != MODEL:
+        note = "llama-server: not run (--no-llama or another --model)."
     else:
         try:
             why = build_llama_server() if args.build_llama_server else \
@@ -277,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"machine: {machine()}; {args.threads} threads per server", flush=True)
     results: dict[str, dict[int, dict]] = {}
     print("starting gencycle serve (int4, compiled decoding warmed up before it is ready) ...", flush=True)
-    server = start_gencycle(args.threads, args.gencycle_args, args.ready_timeout)
+    server = start_gencycle(args.model, args.threads, args.gencycle_args, args.ready_timeout)
     print(f"  ready after {server.ready_seconds:.0f} s", flush=True)
     try:
         results["gencycle"] = measure(server, body, prompts, args.clients, args.requests_per_client, args.timeout)
