@@ -250,6 +250,9 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if path.is_file():
         if path.suffix == ".gguf":
             return _from_gguf(path)
+        if path.suffix not in (".json", ".model"):
+            raise UserError(f"{str(path)!r} is a file, not a model folder nor a tokenizer file (tokenizer.json, "
+                            "spiece.model or a .gguf file)")
         folder, files = path.parent, [path]
     else:
         folder, files = path, [path / "tokenizer.json", path / "spiece.model"]

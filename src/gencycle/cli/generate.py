@@ -35,9 +35,10 @@ def _add_generation_options(parser) -> None:
     group.add_argument("--num-beams", type=number(int),
                        help="beam search with this many beams, >= 1; not streamed (default: 1)")
     group.add_argument("--length-penalty", type=number(float),
-                       help="beam search: scores are divided by length ** this (default: 1.0)")
+                       help="beam search: scores are divided by length ** this; 0 = off, negative favours "
+                            "shorter beams (default: 1.0)")
     group.add_argument("--stop", action="append", help="stop string, repeatable; it is not printed (default: none)")
-    group.add_argument("--seed", type=number(int), help="seeds sampling (default: a fresh seed each run)")
+    group.add_argument("--seed", type=number(int), help="seeds sampling, >= 0 (default: a fresh seed each run)")
     model = parser.add_argument_group("model")
     model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: fp32)")
     model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
@@ -78,6 +79,8 @@ def generation_overrides(args) -> dict:
         overrides["do_sample"] = True
     if overrides.get("max_new_tokens", 1) < 1:
         raise OptionError("max_new_tokens", "must be an integer >= 1", overrides["max_new_tokens"])
+    if overrides.get("seed", 0) < 0:
+        raise OptionError("seed", "must be an integer >= 0", overrides["seed"])
     GenerationConfig(do_sample=overrides.get("num_beams", 1) == 1).replace(**overrides)  # values checked now
     return overrides
 

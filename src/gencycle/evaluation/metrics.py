@@ -102,7 +102,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
     total_nll, total_tokens = 0.0, 0
     try:
         starts = range(0, len(ids), batch_size)
-        for start in tqdm(starts, desc="perplexity", unit="batch", leave=False, disable=not progress or len(starts) < 2):
+        for start in tqdm(starts, desc="perplexity", unit="batch", leave=False, disable=not progress):
             batch = ids[start:start + batch_size]
             width = max(len(x) for x in batch)
             input_ids = torch.zeros(len(batch), width, dtype=torch.long)  # right padding, masked out

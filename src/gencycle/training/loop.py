@@ -60,21 +60,21 @@ class TrainConfig:
     lr: float | None = None
     """peak learning rate (default: the workflow's; 1e-4 for a Trainer built directly)"""
     weight_decay: float = 0.0
-    """AdamW weight decay, applied to matrices only (not norms, biases)"""
+    """AdamW weight decay, >= 0, applied to matrices only (not norms, biases); 0: none"""
     betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas"""
+    """AdamW betas, each in [0, 1)"""
     warmup_steps: int = 0
-    """steps of linear learning-rate warm-up"""
+    """steps of linear learning-rate warm-up (0: none)"""
     schedule: Schedule = "cosine"
     """learning-rate decay after warm-up"""
     min_lr_ratio: float = 0.0
-    """the schedule ends at lr x min_lr_ratio"""
+    """the schedule ends at lr x min_lr_ratio, in [0, 1]"""
     max_grad_norm: float | None = 1.0
     """clip the gradient norm to this, > 0 (none: no clipping)"""
     precision: Precision = "auto"
     """auto: bf16 autocast on a GPU that supports it; fp32; bf16"""
     seed: int = 0
-    """random seed: data order, dropout, the soft prompt's initial values"""
+    """random seed, >= 0: data order, dropout, the soft prompt's initial values"""
     shuffle: bool = True
     """shuffle the training examples each epoch"""
     eval_every: int | None = None
@@ -119,7 +119,7 @@ class TrainConfig:
         if self.max_grad_norm is not None:  # a negative norm flips the gradient; 0 zeroes it
             number("max_grad_norm", lambda v: v > 0, "must be > 0 (None, or `none` on the command line, "
                    "turns clipping off)")
-        number("seed", lambda v: True, "must be an integer", integer=True)
+        number("seed", lambda v: v >= 0, "must be an integer >= 0", integer=True)
         for name in ("eval_every", "eval_batch_size", "checkpoint_every"):
             if getattr(self, name) is not None:
                 number(name, lambda v: v >= 1, "must be an integer >= 1 (or None: off / the default)",
@@ -258,7 +258,7 @@ class Trainer:
         mine = list(range(self.dist.rank, len(data), self.dist.world_size))
         total = torch.zeros(2, dtype=torch.float64, device=self.dist.device)
         starts = range(0, len(mine), size)
-        show = self.config.progress and self.dist.is_main and len(starts) > 1
+        show = self.config.progress and self.dist.is_main
         for start in tqdm(starts, desc="eval loss", unit="batch", leave=False, disable=not show, dynamic_ncols=True):
             batch = self.collate_fn([data[i] for i in mine[start:start + size]])
             weight = float(self.weight_fn(batch))

@@ -68,7 +68,7 @@ class PromptingConfig:
     plain: bool = False
     """send the prompt as is, without the model's chat template"""
     seed: int = 0
-    """seeds random selection and sampling"""
+    """seeds random selection and sampling, >= 0"""
 
     def __post_init__(self):
         if self.task not in get_args(Task):
@@ -81,8 +81,7 @@ class PromptingConfig:
                                   "validation (or dev) or test")
         if self.max_new_tokens is not None:
             _integer("max_new_tokens", self.max_new_tokens, 1)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise OptionError("seed", "must be an integer", self.seed)
+        _integer("seed", self.seed, 0)
 
 
 @dataclass

@@ -73,7 +73,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     model.eval()
     llm, out = LLM(model, tokenizer), []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None or len(starts) < 2):
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=desc is None):
         out += llm.generate(prompts[start:start + batch_size], max_new_tokens=max_new_tokens, do_sample=False)
     model.train(was_training)
     return [text.strip() for text in out]
