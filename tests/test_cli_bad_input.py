@@ -487,3 +487,40 @@ def test_attention_draws_a_capped_number_of_tokens_and_says_so(files, tmp_path, 
     assert code == 0 and "the first 48 of" in out and "--max-tokens raises the cap" in out
     width, height = struct.unpack(">II", (tmp_path / "a.png").read_bytes()[16:24])  # the PNG header's IHDR
     assert width * height < 12e6, (width, height)
+
+
+def test_merge_onto_a_gguf_model_gives_a_folder_generate_runs(tmp_path, capsys):
+    """A .gguf base (like the packaged SmolLM2) carries its tokenizer and chat template in its metadata:
+    the merged folder gets them as tokenizer.json + tokenizer_config.json."""
+    import gencycle
+    from gencycle.adapters import apply_lora, save_adapter
+    from test_gguf import write_tiny_llama_gguf
+    from tiny_llm import CHATML
+    write_tiny_llama_gguf(tmp_path / "tiny.gguf", metadata=lambda writer: writer.add_chat_template(CHATML))
+    save_adapter(apply_lora(gencycle.load_model(tmp_path / "tiny.gguf", device="cpu"), rank=2), tmp_path / "adapter")
+    code, out, err = run(["merge", str(tmp_path / "tiny.gguf"), str(tmp_path / "adapter"), "--out",
+                          str(tmp_path / "merged")], capsys)
+    assert code == 0, err
+    base, merged = gencycle.load_tokenizer(tmp_path / "tiny.gguf"), gencycle.load_tokenizer(tmp_path / "merged")
+    text = "the cat, then: 'hi'!"
+    assert merged.encode(text) == base.encode(text) and merged.chat_template == CHATML
+    assert merged.eos_token_id == base.eos_token_id
+    code, out, err = run(["generate", str(tmp_path / "merged"), "hello", "--max-new-tokens", "4"], capsys)
+    assert code == 0, err
+    from gencycle import LLM
+    assert out == LLM.load(tmp_path / "tiny.gguf", device="cpu").chat([{"role": "user", "content": "hello"}],
+                                                                     max_new_tokens=4) + "\n"  # B = 0: the base
+
+
+@pytest.mark.slow
+def test_merge_onto_the_packaged_model_gives_a_folder_generate_runs(tmp_path, capsys):
+    import gencycle
+    from gencycle.adapters import apply_lora, save_adapter
+    model = apply_lora(gencycle.load_model("smollm2-135m-instruct", device="cpu"), rank=4)  # B = 0
+    save_adapter(model, tmp_path / "adapter", base_model_name_or_path="smollm2-135m-instruct")
+    code, _, err = run(["merge", "smollm2-135m-instruct", str(tmp_path / "adapter"), "--out",
+                        str(tmp_path / "merged")], capsys, seconds=600)
+    assert code == 0, err
+    code, out, err = run(["generate", str(tmp_path / "merged"), "What is the capital of France?",
+                          "--max-new-tokens", "20"], capsys, seconds=600)
+    assert code == 0 and "Paris" in out, (out, err)

@@ -117,3 +117,43 @@ def test_a_field_without_a_command_line_form_fails_loudly():
 
     with pytest.raises(TypeError, match="Odd.mapping: no command-line form"):
         add_config_arguments(argparse.ArgumentParser(), Odd())
+
+
+def test_optional_numbers_take_none_lists_repeat_and_numbers_are_finite(parser):
+    args = parser.parse_args(["m", "--data", "d", "--max-grad-norm", "none", "--max-steps", "None",
+                              "--target", "q_proj", "--target", "k_proj", "v_proj"])
+    config = config_from_args(FinetuneConfig(), args)
+    assert config.train.max_grad_norm is None and config.train.max_steps is None
+    assert config.lora.target == ("q_proj", "k_proj", "v_proj")  # the first use replaces the default
+    for bad in (["--epochs", "inf"], ["--lr", "nan"], ["--batch-size", "none"], ["--batch-size", "2.5"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["m", "--data", "d", *bad])
+
+
+def test_number_lists_take_commas_or_spaces():
+    from gencycle.cli import evaluate as evaluate_cli
+    from gencycle.workflows import EvaluateConfig
+    subparsers = argparse.ArgumentParser(prog="gencycle").add_subparsers()
+    evaluate_cli.register(subparsers)
+    evaluate = subparsers.choices["evaluate"]
+    for shots in (["0,1,3"], ["0", "1", "3"], ["0,1", "3"]):
+        assert config_from_args(EvaluateConfig(), evaluate.parse_args(["--shots", *shots])).shots == (0, 1, 3)
+    assert config_from_args(EvaluateConfig(), evaluate.parse_args([])).shots == (0, 1, 3)
+    specs = evaluate.parse_args(["--config", "greedy", "--config", "sample:temperature=0.7,top_p=0.9"])
+    assert config_from_args(EvaluateConfig(), specs).config == ("greedy", "sample:temperature=0.7,top_p=0.9")
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--shots", "0,x"])
+
+
+def test_config_errors_are_option_errors_naming_the_field():
+    from gencycle.errors import OptionError
+    from gencycle.workflows import EvaluateConfig, PromptConfig, RunConfig
+    for make, option in [(lambda: TrainConfig(batch_size=0), "batch_size"), (lambda: TrainConfig(betas=(0.9, 1.0)), "betas"),
+                         (lambda: TrainConfig(max_steps=0), "max_steps"), (lambda: TrainConfig(eval_every=0), "eval_every"),
+                         (lambda: EvaluateConfig(batch_size=-2), "batch_size"), (lambda: EvaluateConfig(limit=0), "limit"),
+                         (lambda: EvaluateConfig(config=("nucleus",)), "config"), (lambda: PromptConfig(index=-1), "index"),
+                         (lambda: RunConfig(dtype="int8"), "dtype"), (lambda: override(FinetuneConfig(), template="foo"),
+                                                                     "template")]:
+        with pytest.raises(OptionError) as error:
+            make()
+        assert error.value.option == option

@@ -82,3 +82,13 @@ def test_shipped_dataset_counts_no_empty_or_duplicate_summaries_no_overlap():
     assert not dialogues["train"] & dialogues["test"]
     assert not dialogues["validation"] & dialogues["test"]
     assert len({row.id for row in everything}) == 330
+
+
+def test_a_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"id": "x", "dialogue": "hi", "summary": "s"}\n{"id": "y", "dialogue": "caf\xe9", "summary": "s"}\n')
+    with pytest.raises(DialogSumFormatError, match=r"d.jsonl: line 2 is not UTF-8 text \(byte 0xe9\)"):
+        load_dialogsum(path)
+    with pytest.raises(DialogSumFormatError, match="is a folder"):
+        from gencycle.data.files import read_rows
+        read_rows(tmp_path, DialogSumFormatError)

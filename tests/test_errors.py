@@ -118,3 +118,109 @@ def test_unknown_family_and_preset():
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert cli(["info", str(tmp_path / "nowhere")]) == 2
     assert "gencycle info: error: no model at" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- issue 12: files a user gets wrong
+@pytest.mark.parametrize("text, message", [
+    ("[1, 2]", r"config.json: expected a JSON object \(\{...\}\), got a list"),
+    ('{"model_type": "llama",', r"config.json: malformed JSON at line 1 column 24"),
+    (None, r"config.json: no 'hidden_size' field, which a 'llama' config needs"),
+], ids=["not-an-object", "malformed", "no-hidden-size"])
+def test_bad_config_json_names_the_file(llama_folder, text, message, capsys):
+    path = llama_folder / "config.json"
+    if text is None:
+        config = json.loads(path.read_text())
+        del config["hidden_size"]
+        text = json.dumps(config)
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        gencycle.load_model(llama_folder)
+    assert str(path) in str(error.value)
+    assert cli(["info", str(llama_folder)]) == 2
+    assert f"gencycle info: error: {path}" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tokenizer_folder(tmp_path):
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, trainers
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(["hello world"] * 10, trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                                          special_tokens=["<|end|>"]))
+    backend.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|end|>"}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_broken_tokenizer_json_names_the_file(tokenizer_folder, damage):
+    path = tokenizer_folder / "tokenizer.json"
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else b"\x00\x01 not json at all")
+    with pytest.raises(ValueError, match="tokenizer.json: not a readable tokenizer.json") as error:
+        gencycle.load_tokenizer(tokenizer_folder)
+    assert str(path) in str(error.value)
+
+
+def test_malformed_tokenizer_config_names_the_file(tokenizer_folder):
+    (tokenizer_folder / "tokenizer_config.json").write_text('{"eos_token": ')
+    with pytest.raises(ValueError, match=r"tokenizer_config.json: malformed JSON at line 1"):
+        gencycle.load_tokenizer(tokenizer_folder)
+
+
+def test_chat_template_errors_are_user_errors(tokenizer_folder):
+    from gencycle.errors import UserError
+    config = {"eos_token": "<|end|>", "chat_template": "{% for m in messages %}{{ m.content }\n{% endfor %}"}
+    (tokenizer_folder / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = gencycle.load_tokenizer(tokenizer_folder)
+    with pytest.raises(UserError, match=r"Jinja syntax error at line 1: unexpected '}' \(near '\{% for m in"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    tokenizer.chat_template = "{{ raise_exception('roles must alternate user/assistant') }}"
+    with pytest.raises(UserError, match="the chat template refused this conversation: roles must alternate"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_text_that_was_not_utf8_is_refused_by_the_tokenizer(tokenizer_folder):
+    from gencycle.errors import UserError
+    tokenizer = gencycle.load_tokenizer(tokenizer_folder)
+    with pytest.raises(UserError, match="not valid UTF-8: byte 0xff at character 6"):
+        tokenizer.encode("hello \udcff")
+    with pytest.raises(UserError, match="byte 0xfe"):
+        tokenizer(["fine", "bad \udcfe"])
+
+
+def test_a_file_given_as_a_model_is_named(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    with pytest.raises(ValueError, match="notes.txt' is a file, not a model folder nor a tokenizer file"):
+        gencycle.load_tokenizer(notes)
+    assert cli(["generate", str(notes), "hi"]) == 2
+    assert "notes.txt' is a file" in capsys.readouterr().err
+
+
+def test_devices_are_checked_by_name():
+    from gencycle.checkpoints.devices import resolve_device
+    from gencycle.errors import OptionError
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(None).type in ("cpu", "cuda")
+    with pytest.raises(OptionError, match="must be a device such as cpu, cuda"):
+        resolve_device("gpu0")
+    with pytest.raises(OptionError, match="'cuda:99' cannot be used"):
+        resolve_device("cuda:99")
+
+
+def test_the_cli_names_an_options_flag_and_keeps_tracebacks_for_bugs(capsys, monkeypatch):
+    from gencycle.cli import finetune as finetune_cli
+
+    def bug(args):
+        raise RuntimeError("a bug, not bad input")
+
+    monkeypatch.setattr(finetune_cli, "run", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli(["finetune", "m", "--data", "d"])
+    monkeypatch.undo()
+    assert cli(["finetune", "m", "--data", "d", "--lora-rank", "0"]) == 2
+    assert "gencycle finetune: error: argument --lora-rank: LoRA rank must be a positive integer" \
+        in capsys.readouterr().err
+    monkeypatch.setenv("GENCYCLE_DEBUG", "1")
+    with pytest.raises(ValueError, match="LoRA rank"):
+        cli(["finetune", "m", "--data", "d", "--lora-rank", "0"])
