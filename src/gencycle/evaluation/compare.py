@@ -20,6 +20,7 @@ of summarizing it (3-shot ROUGE-1 0.19, against 0.24 as turns, on 8 test dialogu
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 from gencycle.evaluation.metrics import text_scores
 from gencycle.evaluation.report import VariantResult, write_comparison
 from gencycle.generation import LLM, GenerationConfig
+from gencycle.generation.llm import ignored_settings
 from gencycle.prompting import FewShotBuilder
 
 # Named starting points of a config spec: "greedy", "sample", "beam" (then `:key=value,...`).
@@ -67,9 +69,14 @@ def parse_config(spec: str, base: GenerationConfig | None = None) -> GenerationC
     own = spec_values(spec)  # checks the base name first
     values = {**BASE_CONFIGS[spec.strip().partition(":")[0]], **own}
     try:
-        return (base or GenerationConfig()).replace(**values)
+        config = (base or GenerationConfig()).replace(**values)
     except ValueError as error:
         raise ValueError(f"generation config spec {spec!r}: {error}") from None
+    ignored = ignored_settings(config, own)
+    if ignored:
+        warnings.warn(f"generation config spec {spec!r}: {', '.join(ignored)} ignored without sampling "
+                      "(start the spec with sample: to sample)", stacklevel=2)
+    return config
 
 
 def _value(text: str) -> Any:
