@@ -69,8 +69,12 @@ def describe(error: BaseException, parser: argparse.ArgumentParser | None = None
         message = f"input is not UTF-8 text ({error.reason} at byte {error.start})"
     if isinstance(error, OptionError) and parser is not None:
         flag = "--" + error.option.replace("_", "-")
+        positional = next((a for a in parser._actions if not a.option_strings and a.dest == error.option), None)
         if any(flag in action.option_strings for action in parser._actions):
             message = f"argument {flag}: {message.removeprefix(error.option + ' ')}"  # as argparse words it
+        elif positional is not None:
+            name = positional.metavar if isinstance(positional.metavar, str) else positional.dest
+            message = f"argument {name}: {message.removeprefix(error.option + ' ')}"
     return message
 
 
