@@ -14,8 +14,9 @@ token (TTFT: from sending to the first content chunk), inter-token latency (ITL:
 content chunks), tokens from the usage chunk. Per N: requests done, errors, TTFT and ITL p50 / p95,
 and aggregate output tokens/s (all tokens / the phase's wall time).
 
-Both servers run the packaged SmolLM2-135M-Instruct GGUF file with as many threads as torch uses
-and 16 parallel sequences: gencycle with `--quantize int4` (compiled decoding by default where a C++
+Both servers are up for the whole run, idle while the other one is measured, and each phase runs on
+one then the other, so that a machine whose load drifts weighs on both alike. They run the packaged
+SmolLM2-135M-Instruct GGUF file with as many threads as torch uses and 16 parallel sequences: gencycle with `--quantize int4` (compiled decoding by default where a C++
 compiler exists, warmed up before /health is ready), llama-server on the Q4_1 file itself with
 `--parallel 16` (continuous batching is its default) and `cache_prompt: false` in each request
 (gencycle has no prompt cache, and each request has its own dialogue anyway).
@@ -217,21 +218,26 @@ def build_llama_server() -> str | None:
 
 
 # ------------------------------------------------------------------ the report
-def measure(server: Process, body: dict, prompts: list[str], clients: list[int], per_client: int,
-            timeout: float) -> dict[int, dict]:
-    asyncio.run(run_load(server.url, body, prompts, 1, 1, timeout))        # warm-up: one request
-    out = {}
+def measure(servers: dict[str, tuple[Process, dict]], prompts: list[str], clients: list[int], per_client: int,
+            timeout: float) -> dict[str, dict[int, dict]]:
+    """Each phase (N clients) runs on every server in turn, so that a machine whose load drifts
+    weighs on both alike. servers: name -> (process, request body)."""
+    for server, body in servers.values():
+        asyncio.run(run_load(server.url, body, prompts, 1, 1, timeout))    # warm-up: one request
+    out: dict[str, dict[int, dict]] = {name: {} for name in servers}
     for n in clients:
         requests = per_client * (max(clients) if n == 1 else 1)   # alone: every prompt the others send
-        print(f"  {server.name}: {n} client(s) ...", flush=True)
-        out[n] = asyncio.run(run_load(server.url, body, prompts, n, requests, timeout))
-        if out[n]["first_error"]:
-            print(f"    first error: {out[n]['first_error']}", flush=True)
-    if 1 in out:                                  # greedy: the same text alone and in a busy batch?
-        alone = out[1]["texts"]
-        for n, r in out.items():
-            pairs = [(t, alone[k]) for k, t in enumerate(r["texts"]) if t is not None and alone[k] is not None]
-            r["same"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+        for name, (server, body) in servers.items():
+            print(f"  {name}: {n} client(s) ...", flush=True)
+            result = out[name][n] = asyncio.run(run_load(server.url, body, prompts, n, requests, timeout))
+            if result["first_error"]:
+                print(f"    first error: {result['first_error']}", flush=True)
+    for by_n in out.values():
+        if 1 in by_n:                             # greedy: the same text alone and in a busy batch?
+            alone = by_n[1]["texts"]
+            for r in by_n.values():
+                pairs = [(t, alone[k]) for k, t in enumerate(r["texts"]) if t is not None and alone[k] is not None]
+                r["same"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
     return out
 
 
@@ -289,22 +295,18 @@ def main(argv: list[str] | None = None) -> None:
         if why:
             note = f"llama-server: not run: {why}."
     print(f"machine: {machine()}; {args.threads} threads per server", flush=True)
-    results: dict[str, dict[int, dict]] = {}
-    print("starting gencycle serve (int4, compiled decoding warmed up before it is ready) ...", flush=True)
-    server = start_gencycle(args.model, args.threads, args.gencycle_args, args.ready_timeout)
-    print(f"  ready after {server.ready_seconds:.0f} s", flush=True)
+    servers: dict[str, tuple[Process, dict]] = {}
     try:
-        results["gencycle"] = measure(server, body, prompts, args.clients, args.requests_per_client, args.timeout)
+        print("starting gencycle serve (int4, compiled decoding warmed up before it is ready) ...", flush=True)
+        servers["gencycle"] = (start_gencycle(args.model, args.threads, args.gencycle_args, args.ready_timeout), body)
+        print(f"  ready after {servers['gencycle'][0].ready_seconds:.0f} s", flush=True)
+        if not note:
+            print("starting llama-server ...", flush=True)
+            servers["llama-server"] = (start_llama(args.threads, args.ready_timeout), {**body, "cache_prompt": False})
+        results = measure(servers, prompts, args.clients, args.requests_per_client, args.timeout)
     finally:
-        server.close()
-    if not note:
-        print("starting llama-server ...", flush=True)
-        llama = start_llama(args.threads, args.ready_timeout)
-        try:
-            results["llama-server"] = measure(llama, {**body, "cache_prompt": False}, prompts, args.clients,
-                                              args.requests_per_client, args.timeout)
-        finally:
-            llama.close()
+        for server, _ in servers.values():
+            server.close()
     print()
     print(report(results, args.clients, note))
 
