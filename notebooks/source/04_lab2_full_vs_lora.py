@@ -26,11 +26,12 @@ FULL_STEPS = 4
 BATCH_SIZE = 2
 MAX_LENGTH = 320          # tokens per training example at most
 TEST_DIALOGUES = 4        # scored with ROUGE before and after
+EVAL_DIALOGUES = 4        # validation dialogues for the eval loss before and after
 MAX_NEW_TOKENS = 48
 LORA_RANK, LORA_TARGET, LORA_LR = 8, "all-linear", 1e-3
 FULL_LR = 5e-5
 # More time? For example:
-# LORA_STEPS, FULL_STEPS, TEST_DIALOGUES, MAX_NEW_TOKENS = 200, 200, 20, 64
+# LORA_STEPS, FULL_STEPS, TEST_DIALOGUES, EVAL_DIALOGUES, MAX_NEW_TOKENS = 200, 200, 20, 55, 64
 # LORA_RANK, LORA_TARGET = 16, "all-linear"
 
 # %%
@@ -40,12 +41,14 @@ from pathlib import Path
 import torch
 
 import gencycle
+from gencycle.data import load_shipped
 from gencycle.workflows.finetune import finetune
 
 for folder in ("lab2_base", "lab2_lora", "lab2_full", "lab2_merged"):
     shutil.rmtree(folder, ignore_errors=True)      # a re-run starts clean
 tokenizer = gencycle.load_tokenizer("smollm2-135m-instruct")
-common = dict(chat_template=True, template="dialogsum", max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
+validation = [{"dialogue": e.dialogue, "summary": e.summary} for e in load_shipped("validation")[:EVAL_DIALOGUES]]
+common = dict(eval_data=validation, chat_template=True, template="dialogsum", max_length=MAX_LENGTH, batch_size=BATCH_SIZE,
               rouge_examples=TEST_DIALOGUES, max_new_tokens=MAX_NEW_TOKENS, seed=0, progress=True)
 
 # %% [markdown]
@@ -75,25 +78,25 @@ print(full.summary())
 # %% [markdown]
 # ## 3. Before and after
 #
-# "Before" is the untouched model on the same prompts (the same for both runs: greedy decoding).
+# "Before" is the untouched model on the same prompts (the same for both runs: greedy decoding). The eval
+# loss is the summary tokens' cross-entropy on a few validation dialogues; ROUGE is on test dialogues.
 
 # %%
-rows = [("before (base model)", lora.rouge_before, None, None, None, None),
-        (f"after LoRA, {LORA_STEPS} steps", lora.rouge_after, lora.parameters, lora.peak_memory_bytes,
-         lora.train_seconds, lora.history),
-        (f"after full, {FULL_STEPS} steps", full.rouge_after, full.parameters, full.peak_memory_bytes,
-         full.train_seconds, full.history)]
-header = f"{'':<24}{'rouge1':>8}{'rouge2':>8}{'rougeL':>8}  {'trainable':>22}  {'peak memory':>12}  {'train time':>10}  {'loss first -> last':>18}"
-print(header)
-for name, scores, params, peak, seconds, history in rows:
-    line = f"{name:<24}" + "".join(f"{scores[k]:>8.4f}" for k in ("rouge1", "rouge2", "rougeL"))
+rows = [("before (base model)", lora.rouge_before, lora.eval_loss_before, None, None, None),
+        (f"after LoRA, {LORA_STEPS} steps", lora.rouge_after, lora.eval_loss_after, lora.parameters,
+         lora.peak_memory_bytes, lora.train_seconds),
+        (f"after full, {FULL_STEPS} steps", full.rouge_after, full.eval_loss_after, full.parameters,
+         full.peak_memory_bytes, full.train_seconds)]
+print(f"{'':<24}{'rouge1':>8}{'rouge2':>8}{'rougeL':>8}{'eval loss':>11}  {'trainable':>22}  {'peak memory':>12}  {'train time':>10}")
+for name, scores, loss, params, peak, seconds in rows:
+    line = f"{name:<24}" + "".join(f"{scores[k]:>8.4f}" for k in ("rouge1", "rouge2", "rougeL")) + f"{loss:>11.4f}"
     if params is not None:
-        line += (f"  {params.trainable:>12,} ({params.percent:5.2f}%)  {peak / 2**20:>8,.0f} MiB  {seconds:>8.1f} s"
-                 f"  {history[0]['loss']:>8.3f} -> {history[-1]['loss']:.3f}")
+        line += f"  {params.trainable:>12,} ({params.percent:5.2f}%)  {peak / 2**20:>8,.0f} MiB  {seconds:>8.1f} s"
     print(line)
 print(f"\npeak memory is the process's resident size ({lora.memory_kind}); "
       f"LoRA's is {lora.peak_memory_bytes / full.peak_memory_bytes:.0%} of full fine-tuning's")
 assert lora.rouge_before == full.rouge_before   # the same base model, the same greedy prompts
+assert abs(lora.eval_loss_before - full.eval_loss_before) < 1e-4
 
 # %%
 for sample in lora.samples[:2]:
@@ -121,7 +124,7 @@ base = gencycle.load_model("smollm2-135m-instruct")
 gencycle.save_pretrained(base, "lab2_base")
 tokenizer.save_pretrained("lab2_base")
 
-hf = AutoModelForCausalLM.from_pretrained("lab2_base", torch_dtype=torch.float32)
+hf = AutoModelForCausalLM.from_pretrained("lab2_base", dtype=torch.float32)
 peft_model = PeftModel.from_pretrained(hf, str(adapter)).eval()
 ids = torch.tensor([tokenizer.encode("#Person1#: Are you coming tonight?\n#Person2#: Yes, at eight.")])
 with torch.no_grad():
@@ -144,7 +147,7 @@ merged = merge_lora(lora.model, unload=True)
 gencycle.save_pretrained(merged, "lab2_merged")
 tokenizer.save_pretrained("lab2_merged")
 print(sorted(p.name for p in Path("lab2_merged").iterdir()))
-reloaded = AutoModelForCausalLM.from_pretrained("lab2_merged", torch_dtype=torch.float32).eval()
+reloaded = AutoModelForCausalLM.from_pretrained("lab2_merged", dtype=torch.float32).eval()
 with torch.no_grad():
     merged_logits = reloaded(input_ids=ids).logits
 print(f"largest logit difference, merged folder in transformers vs peft with the adapter: "
