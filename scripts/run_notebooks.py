@@ -51,14 +51,18 @@ def run(path: Path, out_dir: Path, cell_timeout: int) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="run only the notebooks whose file names start with these")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS, help="folder of the notebooks (default notebooks/)")
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the executed copies (default runs/notebooks)")
     parser.add_argument("--cell-timeout", type=int, default=900, help="seconds one cell may run (default 900)")
     args = parser.parse_args(argv)
-    paths = sorted(NOTEBOOKS.glob("*.ipynb"))
+    paths = sorted(args.notebooks.glob("*.ipynb"))
+    if not paths:
+        print(f"no notebook (.ipynb) in {args.notebooks}", file=sys.stderr)
+        return 2
     if args.names:
         paths = [p for p in paths if any(p.name.startswith(n) for n in args.names)]
         if not paths:
-            print(f"no notebook in notebooks/ starts with {' or '.join(args.names)}", file=sys.stderr)
+            print(f"no notebook in {args.notebooks} starts with {' or '.join(args.names)}", file=sys.stderr)
             return 2
     check_kernel()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -59,3 +59,33 @@ def test_notebooks_execute(tmp_path):
     for path in NOTEBOOKS:
         executed = nbformat.read(tmp_path / path.name, as_version=4)
         assert all(c.execution_count for c in executed.cells if c.cell_type == "code" and c.source.strip())
+
+
+def _write(folder, name, *cells):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": dict(build_notebooks.KERNEL)})
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, folder / name)
+
+
+def test_runner_executes_in_order_and_stops_at_a_failing_cell(tmp_path):
+    """A notebook that runs gets its outputs in the executed copy, with the run's folder as its working
+    folder; one whose cell raises makes the runner exit 1, naming the error, and the later notebooks
+    do not run."""
+    source, out = tmp_path / "nb", tmp_path / "out"
+    source.mkdir()
+    _write(source, "a.ipynb", "import os\nopen('made_by_a.txt', 'w').write('x')\nprint(6 * 7)")
+    _write(source, "b.ipynb", "raise RuntimeError('cell two broke')")
+    _write(source, "c.ipynb", "print('never')")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--notebooks", str(source),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "b.ipynb FAILED" in done.stderr and "cell two broke" in done.stderr
+    executed = nbformat.read(out / "a.ipynb", as_version=4)
+    assert executed.cells[0].outputs[0]["text"] == "42\n" and executed.cells[0].execution_count == 1
+    assert (out / "made_by_a.txt").exists() and (out / "b.ipynb").exists() and not (out / "c.ipynb").exists()
+
+
+def test_runner_names_an_empty_folder(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--notebooks", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no notebook" in done.stderr
