@@ -278,7 +278,13 @@ class RagIndex:
         query = np.ascontiguousarray(np.asarray(query, dtype="float32").reshape(1, -1))
         if query.shape[1] != self.dimension:
             raise ValueError(f"query vector has {query.shape[1]} dimensions, the index {self.dimension}")
-        scores, ids = vectors.search(query, k)
+        faiss = _require("faiss", "faiss-cpu")
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # one query: OpenMP's fork and join cost more than they save
+        try:
+            scores, ids = vectors.search(query, k)
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     def bm25(self, query: str, k: int) -> list[tuple[int, float]]:

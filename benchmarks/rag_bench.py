@@ -1,0 +1,292 @@
+"""`make bench-rag`: retrieval quality on the shipped dialogues, indexing speed, query latency.
+
+    python -m benchmarks.rag_bench                       # everything (about 15-30 minutes on 2 CPU cores)
+    python -m benchmarks.rag_bench --only quality
+    python -m benchmarks.rag_bench --only scale --chunks 10000 100000
+
+Quality: the corpus is the 330 shipped dialogues (data/chitchat-dialogsum, indexed with the default
+IndexConfig: all-MiniLM-L6-v2 on gencycle's BERT, 200-token chunks overlapping by 40), the queries
+their 330 human-written summaries; a query is answered by the dialogue it summarizes. A dialogue's
+rank is that of its best chunk over the full ranking; recall@1, recall@5 and MRR for dense, BM25 and
+hybrid (RRF, k = 60, equal weights). RRF's k and the BM25 weight are then tuned on the train split's
+220 queries only and reported on the 110 held-out validation + test queries. The reference:
+sentence-transformers' embeddings of the same queries and chunks with an exact numpy cosine (the
+same metrics must come out), and its encoding speed beside gencycle's.
+
+Scale: the dialogues copied until the index holds about N chunks; each line of copy i starts with
+the i-th of a list of one-token words, so chunks differ between copies but are cut at the same
+places. At the first size every chunk is embedded for real: chunks/s of the
+whole run and of the embedding alone. Past it, copies get the vectors of the chunks they copy
+(embedding is per chunk, so its time grows linearly and is extrapolated from the measured rate)
+and the rest of the pipeline runs for real: reading, chunking, sqlite3, faiss, BM25. Query
+latency: p50 (and p90) of 100 queries (summaries) per mode, top 5, through `Retriever.search`
+(query embedding included for dense and hybrid), and faiss' exact search alone, which grows
+linearly with the number of vectors and gives the 1M extrapolation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import machine, table
+from gencycle.data.dialogsum import load_shipped
+from gencycle.integrate import IndexConfig, RagIndex, Retriever, SentenceEncoder, index_documents
+from gencycle.integrate import chunk_document
+from gencycle.integrate.documents import list_files, read_file, shipped_dialogues
+from gencycle.integrate.retrieval import reciprocal_rank_fusion
+
+SPLITS = ("train", "validation", "test")
+MODES = ("dense", "bm25", "hybrid", "query embedding only", "faiss search only")
+
+
+def queries() -> list[tuple[str, str, str]]:
+    """(dialogue id, summary, split) for the 330 shipped dialogues."""
+    return [(e.id, e.summary, split) for split in SPLITS for e in load_shipped(split)]
+
+
+def doc_ranking(chunk_ids: list[int], record_of: dict[int, str]) -> list[str]:
+    """Dialogue ids in the order of their best chunk."""
+    seen: dict[str, None] = {}
+    for i in chunk_ids:
+        seen.setdefault(record_of[i], None)
+    return list(seen)
+
+
+def metrics(rankings: list[list[str]], answers: list[str]) -> dict[str, float]:
+    ranks = [r.index(a) + 1 if a in r else None for r, a in zip(rankings, answers)]
+    n = len(answers)
+    return {"recall@1": sum(r == 1 for r in ranks) / n, "recall@5": sum(r is not None and r <= 5 for r in ranks) / n,
+            "MRR": sum(1 / r for r in ranks if r) / n}
+
+
+def quality(work: Path, encoder: SentenceEncoder) -> tuple[str, dict]:
+    path = work / "dialogues.idx"
+    report = index_documents("shipped", path, IndexConfig(progress=False), embedder=encoder)
+    index = RagIndex.open(path, encoder)
+    n = len(index)
+    record_of = {r.id: r.record for r in index.chunks(sorted(index.chunk_ids("dialogues.jsonl")))}
+    qs = queries()
+    texts, answers = [q[1] for q in qs], [q[0] for q in qs]
+
+    start = time.perf_counter()
+    vectors = encoder.encode(texts).numpy()
+    ours_s = time.perf_counter() - start
+    dense = [[i for i, _ in index.dense(v, n)] for v in vectors]
+    lexical = [[i for i, _ in index.bm25(t, n)] for t in texts]
+
+    # the reference: sentence-transformers on the same folder, exact cosine in numpy
+    from sentence_transformers import SentenceTransformer
+    from gencycle.assets import resolve
+    reference = SentenceTransformer(str(resolve("all-minilm-l6-v2")), device="cpu")
+    start = time.perf_counter()
+    ref_queries = reference.encode(texts, batch_size=32, normalize_embeddings=True)
+    ref_s = time.perf_counter() - start
+    chunk_ids = sorted(record_of)
+    ref_chunks = reference.encode([r.text for r in index.chunks(chunk_ids)], batch_size=32, normalize_embeddings=True)
+    ref_dense = [[chunk_ids[j] for j in np.argsort(-(ref_chunks @ q), kind="stable")] for q in ref_queries]
+    index.close()
+
+    def ranked(rankings, subset):
+        return metrics([doc_ranking(rankings[i], record_of) for i in subset], [answers[i] for i in subset])
+
+    def hybrid(rrf_k, weight, subset):
+        return [[i for i, _ in reciprocal_rank_fusion([dense[j], lexical[j]], rrf_k, (1.0, weight))] if j in subset
+                else [] for j in range(len(qs))]
+
+    every = list(range(len(qs)))
+    train = [i for i, q in enumerate(qs) if q[2] == "train"]
+    held_out = [i for i, q in enumerate(qs) if q[2] != "train"]
+    rows, results = [], {}
+    for name, rankings in [("dense (gencycle MiniLM + faiss)", dense), ("dense (sentence-transformers + numpy)", ref_dense),
+                           ("BM25 (bm25s)", lexical), ("hybrid (RRF k=60)", hybrid(60.0, 1.0, set(every)))]:
+        m = ranked(rankings, every)
+        results[name] = m
+        rows.append([name, f"{m['recall@1']:.3f}", f"{m['recall@5']:.3f}", f"{m['MRR']:.3f}"])
+    grid = [(k, w) for k in (1, 2, 5, 10, 20, 30, 60, 100) for w in (0.5, 1.0, 1.5, 2.0, 3.0)]
+    scored = [(ranked(hybrid(k, w, set(train)), train), k, w) for k, w in grid]
+    best = max(scored, key=lambda s: (s[0]["MRR"], s[0]["recall@1"], -abs(s[1] - 60)))
+    _, k_best, w_best = best
+    held_rows = []
+    for name, rankings in [("dense", dense), ("BM25", lexical), ("hybrid (RRF k=60, weights 1:1)", hybrid(60.0, 1.0, set(every))),
+                           (f"hybrid tuned on train (k={k_best}, BM25 weight {w_best})",
+                            hybrid(k_best, w_best, set(every)))]:
+        m = ranked(rankings, held_out)
+        results["held-out " + name] = m
+        held_rows.append([name, f"{m['recall@1']:.3f}", f"{m['recall@5']:.3f}", f"{m['MRR']:.3f}"])
+    headers = ["method", "recall@1", "recall@5", "MRR"]
+    text = (f"Index: {report.chunks} chunks of {len(set(record_of.values()))} dialogues "
+            f"({report.embed_seconds:.1f} s to embed). Queries: {len(qs)} summaries.\n\n"
+            + table(headers, rows)
+            + f"\n\nHeld out ({len(held_out)} validation + test queries; tuning on the {len(train)} train queries "
+              f"over k in 1..100 and BM25 weight 0.5..3):\n\n" + table(headers, held_rows)
+            + f"\n\nQuery embedding, {len(texts)} summaries: gencycle {len(texts) / ours_s:.1f} texts/s, "
+              f"sentence-transformers {len(texts) / ref_s:.1f} texts/s (ratio {ref_s / ours_s:.2f}x)")
+    results["tuned"] = {"rrf_k": k_best, "bm25_weight": w_best}
+    return text, results
+
+
+# ---------------------------------------------------------------------------------------- scale
+class CopiedVectors:
+    """The real encoder's name, tokenizer and limits; `encode` gives a chunk of a copy the vector the real
+    encoder gave the same chunk (tags aside) in the first run (a benchmark device: the copies' embedding
+    time is extrapolated, not measured)."""
+
+    def __init__(self, encoder: SentenceEncoder, vectors: dict[str, np.ndarray]):
+        self.encoder, self.vectors = encoder, vectors
+        self.name, self.dimension, self.tokenizer = encoder.name, encoder.dimension, encoder.tokenizer
+        self.max_length, self.special_tokens = encoder.max_length, encoder.special_tokens
+
+    def encode(self, texts, progress=False, desc=""):
+        return torch.from_numpy(np.stack([self.vectors[_untag(t)] for t in texts]))
+
+
+def tag_words(tokenizer, count: int) -> list[str]:
+    """`count` words that the tokenizer keeps as one token each."""
+    words = sorted((i, w) for w, i in tokenizer.backend.get_vocab().items() if w.isalpha() and w.islower()
+                   and 4 <= len(w) <= 8)
+    out = [w for _, w in words if len(tokenizer.encode(w, add_special_tokens=False)) == 1][:count]
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} one-token words for {count} copies")
+    return out
+
+
+_TAG = re.compile(r"(^|\n)[a-z]+ (?=#Person\d#:)")
+
+
+def _untag(text: str) -> str:
+    """A chunk without its copy tags (a word before each turn's `#PersonN#:`)."""
+    return _TAG.sub(r"\1", text)
+
+
+def write_copies(folder: Path, words: list[str]) -> None:
+    records = [json.loads(line) for line in shipped_dialogues().read_text().splitlines()]
+    for i, word in enumerate(words):
+        (folder / f"copy_{i:04d}").mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps({"id": f"{r['id']}#{i}", "dialogue": "\n".join(f"{word} {turn}" for turn in
+                                                                           r["dialogue"].split("\n"))})
+                 for r in records]
+        (folder / f"copy_{i:04d}" / "dialogues.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def latency(retriever: Retriever, texts: list[str]) -> dict[str, tuple[float, float]]:
+    out = {}
+    for mode in ("dense", "bm25", "hybrid"):
+        retriever.search(texts[0], 5, mode)  # warm: the first call reads the files
+        times = []
+        for text in texts:
+            start = time.perf_counter()
+            retriever.search(text, 5, mode)
+            times.append(time.perf_counter() - start)
+        out[mode] = (statistics.median(times) * 1e3, statistics.quantiles(times, n=10)[-1] * 1e3)
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        retriever.embedder.encode(text)
+        times.append(time.perf_counter() - start)
+    out["query embedding only"] = (statistics.median(times) * 1e3, statistics.quantiles(times, n=10)[-1] * 1e3)
+    vectors = retriever.embedder.encode(texts).numpy()
+    times = []
+    for v in vectors:
+        start = time.perf_counter()
+        retriever.index.dense(v, 5)
+        times.append(time.perf_counter() - start)
+    out["faiss search only"] = (statistics.median(times) * 1e3, statistics.quantiles(times, n=10)[-1] * 1e3)
+    return out
+
+
+def scale(work: Path, encoder: SentenceEncoder, sizes: list[int]) -> tuple[str, dict]:
+    per_copy = None
+    rows, lat_rows, results = [], [], {}
+    texts = [q[1] for q in queries()[:100]]
+    base_vectors: dict[str, np.ndarray] = {}
+    rate = None
+    for n, target in enumerate(sizes):
+        if per_copy is None:  # chunks per copy of the dialogues, from a one-copy index
+            words = tag_words(encoder.tokenizer, max(1, round(max(sizes) / 500)))
+            write_copies(work / "probe", words[:1])
+            config = IndexConfig()
+            per_copy = sum(len(chunk_document(d, encoder.tokenizer, config.chunk_tokens, config.chunk_overlap))
+                           for f in list_files(work / "probe") for d in read_file(f)[0])
+        copies = max(1, round(target / per_copy))
+        docs, path = work / f"docs-{target}", work / f"index-{target}"
+        if copies > len(words):
+            words = tag_words(encoder.tokenizer, copies)
+        write_copies(docs, words[:copies])
+        real = n == 0
+        embedder = encoder if real else CopiedVectors(encoder, base_vectors)
+        cpu = time.process_time()
+        report = index_documents(docs, path, IndexConfig(progress=real), embedder=embedder)
+        cpu = time.process_time() - cpu
+        if real:
+            rate = report.embedded / report.embed_seconds
+            with RagIndex.open(path) as index:
+                ids = [i for s in index.files() for i in index.chunk_ids(s)]
+                for record, vector in zip(index.chunks(ids), index.vectors_of(ids)):
+                    base_vectors.setdefault(_untag(record.text), vector)
+            rows.append([f"{report.chunks:,}", "measured", f"{report.chunks / report.seconds:.1f}",
+                         f"{rate:.1f}", f"{report.seconds - report.embed_seconds:.1f}", f"{report.seconds:.0f}",
+                         f"{cpu:.0f}"])
+        else:
+            other = report.seconds - report.embed_seconds
+            total = other + report.chunks / rate
+            rows.append([f"{report.chunks:,}", "extrapolated", f"{report.chunks / total:.1f}",
+                         f"{rate:.1f} (first size's)", f"{other:.1f}", f"{total:.0f}", f"{cpu:.0f} besides embedding"])
+        size_mb = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2 ** 20
+        retriever = Retriever(path, embedder=encoder)
+        lat = latency(retriever, texts)
+        retriever.close()
+        results[report.chunks] = {"report": report.summary(), "latency_ms": lat, "index_mb": size_mb}
+        lat_rows.append([f"{report.chunks:,}", f"{size_mb:.0f}"]
+                        + [f"{lat[m][0]:.1f} / {lat[m][1]:.1f}" for m in MODES])
+        shutil.rmtree(docs)
+    biggest = max(results)
+    faiss_ms = results[biggest]["latency_ms"]["faiss search only"][0]
+    million = faiss_ms * 1_000_000 / biggest
+    text = (table(["chunks", "embedding", "chunks/s (whole run)", "embedding chunks/s", "s besides embedding",
+                   "total s", "process CPU s"], rows)
+            + "\n\nQuery latency, ms p50 / p90 over 100 queries, top 5 (dense and hybrid include embedding the query):\n\n"
+            + table(["chunks", "index MB", "dense", "BM25", "hybrid", "query embedding only", "faiss search only"],
+                    lat_rows)
+            + f"\n\nAt 1M chunks (linear from {biggest:,}): the exact faiss search alone ~{million:.0f} ms per query, "
+              f"vectors {1_000_000 * encoder.dimension * 4 / 2 ** 30:.2f} GiB, embedding "
+              f"{1_000_000 / rate / 3600:.1f} h at the measured rate.")
+    return text, results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rag_bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("quality", "scale"))
+    parser.add_argument("--chunks", type=int, nargs="+", default=[10_000, 100_000],
+                        help="index sizes; the first is embedded for real")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="gencycle-rag-bench-"))
+    encoder = SentenceEncoder()
+    print(f"Machine: {machine()}.\n")
+    figures = {}
+    try:
+        if args.only in (None, "quality"):
+            text, figures["quality"] = quality(work, encoder)
+            print("## Retrieval on the shipped dialogues (queries: their human summaries)\n\n" + text + "\n", flush=True)
+        if args.only in (None, "scale"):
+            text, figures["scale"] = scale(work, encoder, args.chunks)
+            print("## Indexing speed and query latency (copies of the dialogues)\n\n" + text + "\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
