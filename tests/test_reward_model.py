@@ -246,3 +246,34 @@ def test_ids_never_cross_vocabularies(llama_folder, bert_folder):
         rm.label_index("toxic")
     with pytest.raises(ValueError, match="say which one"):
         RewardModel(rm.model, rm.tokenizer).label_index(None)
+
+
+def test_a_folder_of_splits_gives_eval_and_test_figures(llama_folder, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for split, seed, n in (("train", 0, 96), ("validation", 1, 24), ("test", 2, 24)):
+        write_jsonl(folder / f"{split}.jsonl", labelled_rows(n, seed))
+    result = train_reward_model(str(llama_folder), str(folder), out=None, max_steps=10, lr=3e-3, batch_size=16,
+                                progress=False)
+    assert result.eval_after["rows"] == 24 and result.test_after["rows"] == 24
+    assert result.test_after["loss"] < result.test_before["loss"]
+
+
+def test_chitchat_toxicity_labels_are_alt_profanity_checks():
+    """The derived set: labels are the labeller's P(offensive) > 0.5, conversations never shared by two
+    splits, no text in two splits, a quarter toxic; the data card says the labels are derived."""
+    from gencycle.data.toxicity import data_card, offensive_probability, toxicity_records
+    splits = {name: toxicity_records(name) for name in ("train", "validation", "test")}
+    for rows in splits.values():
+        assert 0.2 < sum(r["label"] for r in rows) / len(rows) < 0.3
+        assert all(r["label"] == int(r["score"] > 0.5) for r in rows)
+    sample = splits["test"][:50]
+    rescored = offensive_probability([r["text"] for r in sample])
+    assert all(abs(p - r["score"]) < 1e-5 for p, r in zip(rescored, sample))
+    convs = [{r["conv_id"] for r in rows} for rows in splits.values()]
+    texts = [{" ".join(r["text"].split()).lower() for r in rows} for rows in splits.values()]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert not convs[i] & convs[j] and not texts[i] & texts[j]
+    card = data_card()
+    assert "derived, not human" in card and "alt-profanity-check" in card

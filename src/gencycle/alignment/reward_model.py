@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from gencycle.errors import UserError
 from gencycle.training.loop import Trainer
 
-from .preferences import PreferencePair, is_preference_record, to_preference_pairs
+from .preferences import PreferencePair, is_preference_record
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
                    "vocab.txt", "sentence_bert_config.json")
@@ -49,7 +49,8 @@ class RewardModel:
     """A sequence classifier with its own tokenizer: text in, logits out.
 
     model: a SequenceClassifier; tokenizer: its tokenizer (texts are encoded with it, right-padded,
-    cut to max_length tokens keeping the start); id2label: {index: name}.
+    cut to max_length tokens keeping the start; default: the tokenizer's limit, at most 512, within
+    the model's context window); id2label: {index: name}.
     """
 
     def __init__(self, model, tokenizer, id2label: dict[int, str] | None = None, max_length: int | None = None,
@@ -61,7 +62,8 @@ class RewardModel:
                              {i: f"LABEL_{i}" for i in range(model.num_labels)})
         config = model.config
         limit = None if config.position == "relative" else config.max_position_embeddings
-        self.max_length = min(x for x in (max_length, limit, tokenizer.model_max_length, 512) if x)
+        default = min(x for x in (tokenizer.model_max_length, 512) if x)
+        self.max_length = min(x for x in (max_length or default, limit) if x)
         self.batch_size = batch_size
 
     @property

@@ -147,7 +147,7 @@ def _split(data, split: str):
     if not _is_split_source(data):
         return None
     try:
-        return load_reward_records(data, split)
+        return load_reward_records(data, split)[0]
     except FileNotFoundError:
         return None
 
