@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "gencycle.cli.generate",
     "gencycle.cli.inspect",
     "gencycle.cli.merge",
+    "gencycle.cli.pretrain",
     "gencycle.cli.rag",
     "gencycle.cli.rlhf",
     "gencycle.cli.reward",
