@@ -206,16 +206,19 @@ def test_bad_input_gets_a_clear_error(corpus, configs, tokenizers, tmp_path, cap
     small = tmp_path / "small.json"
     small.write_text(json.dumps(dict(model_type="llama", vocab_size=100, hidden_size=32, num_hidden_layers=1,
                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)))
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(dict(model_type="gpt2", n_layer=1, n_head=2)))
     data = ["--data", corpus, "--tokenizer", tok, "--out", tmp_path / "r", "--max-steps", "1", "--no-progress",
             "--block-size", "64"]
     cases += [
         ([*data, "--config", odd], "hidden_size 60 is not divisible by num_heads 8"),
         ([*data, "--config", small], f"the tokenizer has {VOCAB} ids, more than the model's embedding table"),
         ([*data, "--config", configs["encoder"]], "is an encoder model, not --arch decoder"),
-        ([*data, "--config", "gpt-huge"], "unknown model config 'gpt-huge'"),
-        ([*data, "--config", configs["decoder"], "--block-size", "512"], "longer than the model's context window"),
+        ([*data, "--config", "gpt-huge"], "argument --config: is no preset"),
+        ([*data, "--config", configs["decoder"], "--block-size", "512"], "argument --block-size: 512 is longer than the model's context window"),
         ([*data, "--arch", "encoder", "--config", configs["encoder"]], "needs a tokenizer with [CLS] and [SEP]"),
-        ([*data, "--config", tmp_path / "none.json"], "does not exist"),
+        ([*data, "--config", tmp_path / "none.json"], "names no preset, and no file"),
+        ([*data, "--config", partial], "lacks the field 'n_embd'"),
     ]
     for args, message in cases:
         code, err = _cli(capsys, *args)
@@ -226,5 +229,5 @@ def test_bad_input_gets_a_clear_error(corpus, configs, tokenizers, tmp_path, cap
 def test_config_defaults_are_pretraining_ones():
     config = PretrainConfig()
     assert config.arch == "decoder" and config.train.lr == 1e-3 and config.train.betas == (0.9, 0.95)
-    with pytest.raises(ValueError, match="unknown architecture"):
+    with pytest.raises(ValueError, match="arch must be one of decoder, encoder, encoder-decoder"):
         PretrainConfig(arch="rnn")

@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from gencycle.data.corpora import Corpus, load_corpus
+from gencycle.errors import OptionError, check_output
 from gencycle.model.config import PRESETS as MODEL_PRESETS
 from gencycle.model.config import ModelConfig, preset
-from gencycle.training import checkpoint, distributed
+from gencycle.training import distributed
 from gencycle.training.data import IGNORE_INDEX, shift_right
 from gencycle.training.loop import TrainConfig, Trainer, seed_everything
 from gencycle.training.objectives import masked_lm_step, masked_tokens, scored_tokens, span_corruption_step
@@ -99,15 +100,17 @@ class CorpusConfig:
 
     def __post_init__(self):
         if self.block_size < 8:
-            raise ValueError(f"block_size must be at least 8 tokens, got {self.block_size}")
+            raise OptionError("block_size", "must be at least 8 tokens", self.block_size)
         if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"validation_fraction must be in (0, 1), got {self.validation_fraction}")
+            raise OptionError("validation_fraction", "must be in (0, 1)", self.validation_fraction)
         for name in ("eval_blocks", "max_documents"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise OptionError(name, "must be positive", value)
         if self.tokenizer_kind is not None and self.tokenizer_kind not in get_args(TokenizerKind):
-            raise ValueError(f"unknown tokenizer kind {self.tokenizer_kind!r}; use bpe, wordpiece or unigram")
+            raise OptionError("tokenizer_kind", "must be bpe, wordpiece or unigram", self.tokenizer_kind)
+        if self.tokenizer_vocab_size <= 0:
+            raise OptionError("tokenizer_vocab_size", "must be positive", self.tokenizer_vocab_size)
 
 
 @dataclass
@@ -126,10 +129,10 @@ class SampleConfig:
     """sample among the k most likely tokens (0: all)"""
 
     def __post_init__(self):
-        if self.sample_every is not None and self.sample_every < 0:
-            raise ValueError(f"sample_every must be 0 or more, got {self.sample_every}")
-        if self.sample_tokens <= 0 or self.temperature < 0 or self.top_k < 0:
-            raise ValueError("sample_tokens must be positive and temperature, top_k at least 0")
+        for name, value, low in (("sample_every", self.sample_every, 0), ("sample_tokens", self.sample_tokens, 1),
+                                 ("temperature", self.temperature, 0), ("top_k", self.top_k, 0)):
+            if value is not None and not value >= low:
+                raise OptionError(name, f"must be at least {low}", value)
         if self.sample_prompts is not None:
             self.sample_prompts = tuple(self.sample_prompts)
 
@@ -158,7 +161,9 @@ class PretrainConfig:
 
     def __post_init__(self):
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown architecture {self.arch!r}; use one of {', '.join(ARCHS)}")
+            raise OptionError("arch", f"must be one of {', '.join(ARCHS)}", self.arch)
+        if self.run.resume and self.run.out is None:
+            raise OptionError("resume", "", message="resume needs the run folder (out) holding the checkpoints")
 
     def train_config(self) -> TrainConfig:
         out = str(self.run.out) if self.run.out is not None else None
@@ -177,14 +182,14 @@ def model_config(source: str | None, arch: str, tokenizer) -> ModelConfig:
     source = source or DEFAULT_PRESET[arch]
     vocab = tokenizer.vocab_size
     if source in PRETRAIN_PRESETS:
-        preset_arch, family, values = PRETRAIN_PRESETS[source]
+        _, family, values = PRETRAIN_PRESETS[source]
         config = FAMILY_MODULE[family].config_from_hf({**values, "vocab_size": vocab})
     elif source in MODEL_PRESETS:
         config = preset(source, vocab_size=vocab)
     elif source.endswith(".json"):
         path = Path(source).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"model config {str(path)!r} does not exist")
+            raise OptionError("config", f"names no preset, and no file {str(path)!r} exists")
         try:
             values = json.loads(path.read_text())
         except json.JSONDecodeError as e:
@@ -192,20 +197,26 @@ def model_config(source: str | None, arch: str, tokenizer) -> ModelConfig:
         if not isinstance(values, dict):
             raise ValueError(f"model config {str(path)!r} must hold a JSON object")
         values.setdefault("vocab_size", vocab)
-        config = (family_of(values).config_from_hf(values) if "model_type" in values
-                  else ModelConfig.from_dict(values))
+        try:
+            config = (family_of(values).config_from_hf(values) if "model_type" in values
+                      else ModelConfig.from_dict(values))
+        except KeyError as e:
+            raise ValueError(f"model config {str(path)!r} lacks the field {e.args[0]!r} "
+                             f"its model_type {values.get('model_type')!r} needs") from None
+        except TypeError as e:
+            raise ValueError(f"model config {str(path)!r}: {e}") from None
         if config.vocab_size < vocab:
             raise ValueError(f"the tokenizer has {vocab} ids, more than the model's embedding table "
                              f"(vocab_size {config.vocab_size} in {str(path)!r}): raise vocab_size to at least "
                              f"{vocab}, or train a smaller tokenizer")
     else:
         names = ", ".join([*PRETRAIN_PRESETS, *MODEL_PRESETS])
-        raise ValueError(f"unknown model config {source!r}: give a preset ({names}) or a config .json file")
+        raise OptionError("config", f"is no preset ({names}) nor a config .json file", source)
     if config.architecture != arch:
-        raise ValueError(f"model config {source!r} is an {config.architecture} model, not --arch {arch}")
+        raise OptionError("config", f"{source!r} is an {config.architecture} model, not --arch {arch}")
     if config.family not in FAMILY_MODULE:
-        raise ValueError(f"model config {source!r} has family {config.family!r}, which has no Hugging Face "
-                         f"layout to save the trained model in; use one of {', '.join(FAMILY_MODULE)}")
+        raise OptionError("config", f"{source!r} has family {config.family!r}, which has no Hugging Face layout to "
+                          f"save the trained model in; use one of {', '.join(FAMILY_MODULE)}")
     check_config(config)  # sizes positive, hidden size divisible by the heads
     eos = tokenizer.eos_token_id
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=eos, bos_token_id=tokenizer.bos_token_id)
@@ -496,13 +507,15 @@ def pretrain(data: str | Path | Sequence[str | Path], tokenizer, config: Pretrai
     config = override(config or PretrainConfig(), **options)
     train_config = config.train_config()
     arch, cd = config.arch, config.data
+    if config.run.out is not None:
+        check_output(config.run.out, "out")
     dist = distributed.setup(config.run.device)
     corpus, train_texts, validation_texts = load_split(data, cd)
     tokenizer, tokenizer_trained = prepare_tokenizer(tokenizer, train_texts, arch, cd, dist)
     model_cfg = model_config(config.config, arch, tokenizer)
     if model_cfg.position != "relative" and cd.block_size > model_cfg.max_position_embeddings:
-        raise ValueError(f"block_size {cd.block_size} is longer than the model's context window of "
-                         f"{model_cfg.max_position_embeddings} tokens: lower --block-size")
+        raise OptionError("block_size", f"{cd.block_size} is longer than the model's context window of "
+                          f"{model_cfg.max_position_embeddings} tokens")
     train_blocks = make_blocks(encode(tokenizer, train_texts), arch, cd.block_size, tokenizer, fixed=False)
     eval_blocks = make_blocks(encode(tokenizer, validation_texts), arch, cd.block_size, tokenizer, fixed=True,
                               limit=cd.eval_blocks)
@@ -530,8 +543,8 @@ def pretrain(data: str | Path | Sequence[str | Path], tokenizer, config: Pretrai
                               sample=sample, sample_every=config.samples.sample_every)
     batches.sampler = trainer.sampler
     out_dir = Path(config.run.out) if config.run.out is not None else None
-    if config.run.resume and (latest := checkpoint.latest(out_dir)) is not None:
-        trainer.load_checkpoint(latest)
+    if config.run.resume:
+        trainer.resume(True)  # says what it restored (or that there is no checkpoint: step 0)
     sharded = trainer.strategy == "fsdp"  # a sharded model samples only once gathered, after training
     if sharded:
         trainer.sample = None
