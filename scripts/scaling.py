@@ -40,8 +40,9 @@ CHINCHILLA = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 
 def model_config(hidden: int, layers: int, tokenizer):
     from gencycle.checkpoints import llama
+    ffn = (8 * hidden // 3 + 7) // 8 * 8  # SwiGLU's 8/3 of the hidden size, a multiple of 8
     config = llama.config_from_hf(dict(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                                       num_attention_heads=hidden // 16, intermediate_size=(8 * hidden // 3 + 7) // 8 * 8,
+                                       num_attention_heads=hidden // 16, intermediate_size=ffn,
                                        max_position_embeddings=BLOCK, tie_word_embeddings=True))
     return config.replace(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
 

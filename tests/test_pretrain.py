@@ -107,7 +107,7 @@ def test_resume_is_the_straight_run(arch, corpus, configs, tokenizers, tmp_path)
     resumed = pretrain(corpus, tokenizers[arch], out=tmp_path / "b", resume=True, **options)
     assert resumed.eval_loss_before == pytest.approx(straight.history[2]["eval_loss"], abs=1e-6)
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in straight.history], abs=1e-6)
-    a, b = load_file(tmp_path / "a" / "model" / "model.safetensors"), load_file(tmp_path / "b" / "model" / "model.safetensors")
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("a", "b"))
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0, msg=name)
@@ -215,7 +215,8 @@ def test_bad_input_gets_a_clear_error(corpus, configs, tokenizers, tmp_path, cap
         ([*data, "--config", small], f"the tokenizer has {VOCAB} ids, more than the model's embedding table"),
         ([*data, "--config", configs["encoder"]], "is an encoder model, not --arch decoder"),
         ([*data, "--config", "gpt-huge"], "argument --config: is no preset"),
-        ([*data, "--config", configs["decoder"], "--block-size", "512"], "argument --block-size: 512 is longer than the model's context window"),
+        ([*data, "--config", configs["decoder"], "--block-size", "512"],
+         "argument --block-size: 512 is longer than the model's context window"),
         ([*data, "--arch", "encoder", "--config", configs["encoder"]], "needs a tokenizer with [CLS] and [SEP]"),
         ([*data, "--config", tmp_path / "none.json"], "names no preset, and no file"),
         ([*data, "--config", partial], "lacks the field 'n_embd'"),

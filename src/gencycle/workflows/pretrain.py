@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gencycle.compute import training_flops as _training_flops
 from gencycle.data.corpora import Corpus, load_corpus
 from gencycle.errors import OptionError, check_output
 from gencycle.model.config import PRESETS as MODEL_PRESETS
@@ -92,7 +93,8 @@ class CorpusConfig:
     max_documents: int | None = None
     """use the corpus's first N documents only (a quick try)"""
     tokenizer_kind: TokenizerKind | None = None
-    """kind of tokenizer trained when --tokenizer names a folder without one (default by --arch: decoder bpe, encoder wordpiece, encoder-decoder unigram)"""
+    """kind of tokenizer trained when --tokenizer names a folder without one (default by --arch:
+    decoder bpe, encoder wordpiece, encoder-decoder unigram)"""
     tokenizer_vocab_size: int = 8192
     """ids of that tokenizer, special tokens included"""
     whole_word: bool = False
@@ -149,7 +151,10 @@ class PretrainConfig:
     arch: Arch = "decoder"
     """decoder (GPT: causal LM), encoder (BERT: masked LM) or encoder-decoder (T5: span corruption)"""
     config: str | None = None
-    """model size: a preset (decoders gpt-nano, gpt-micro, gpt-mini, llama-mini, llama-20m; encoders bert-nano, bert-mini; encoder-decoders t5-nano, t5-mini; or a model preset such as gpt2-124m) or a config .json (gencycle's ModelConfig or a Hugging Face config.json); default by --arch: gpt-mini, bert-mini, t5-mini"""
+    """model size: a preset (decoders gpt-nano, gpt-micro, gpt-mini, llama-mini, llama-20m; encoders
+    bert-nano, bert-mini; encoder-decoders t5-nano, t5-mini; or a model preset such as gpt2-124m) or a
+    config .json (gencycle's ModelConfig or a Hugging Face config.json); default by --arch: gpt-mini,
+    bert-mini, t5-mini"""
     compile: bool = False
     """run each training step as a torch.compile graph (faster steps after a first slow one)"""
     run: RunConfig = field(default_factory=lambda: RunConfig(out="runs/pretrain"),
@@ -440,6 +445,7 @@ class PretrainResult:
     eval_loss_after: float | None = None
     samples_before: list[str] = field(default_factory=list)
     samples_after: list[str] = field(default_factory=list)
+    training_flops: float = 0.0           # model FLOPs of the tokens seen: 6ND + attention (gencycle.compute)
     main_process: bool = True             # False on the other processes of a torchrun job
     model: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -476,7 +482,8 @@ class PretrainResult:
                  f"corpus {self.corpus}: {self.words:,} words -> {self.train_blocks:,} training and "
                  f"{self.validation_blocks:,} validation blocks of {self.block_size} tokens",
                  f"trained {len(self.history)} steps, {self.tokens_seen:,} tokens in {self.train_seconds:.1f} s "
-                 f"({self.tokens_per_s:,.0f} tokens/s), peak memory ({self.memory_kind}) "
+                 f"({self.tokens_per_s:,.0f} tokens/s, {self.training_flops:.3g} model FLOPs), "
+                 f"peak memory ({self.memory_kind}) "
                  f"{self.peak_memory_bytes / 2**20:,.0f} MiB"]
         if self.eval_loss_before is not None:
             lines.append(f"validation {unit} loss {self.eval_loss_before:.4f} -> {self.eval_loss_after:.4f} "
@@ -484,6 +491,10 @@ class PretrainResult:
         for name, texts in (("before", self.samples_before), ("after", self.samples_after)):
             lines += [f"sample {name}: {t!r}" for t in texts]
         return "\n".join(lines)
+
+
+def training_flops(config: ModelConfig, tokens: int, block_size: int) -> float:
+    return float(_training_flops(config, tokens, block_size)["total"])
 
 
 def _exp(loss: float | None) -> float | None:
@@ -560,7 +571,8 @@ def pretrain(data: str | Path | Sequence[str | Path], tokenizer, config: Pretrai
         block_size=cd.block_size, tokens_seen=trainer.tokens_seen, train_seconds=trained.seconds,
         peak_memory_bytes=trained.peak_memory_bytes, memory_kind=trained.memory_kind, history=trained.history,
         eval_loss_before=trained.eval_loss_before, eval_loss_after=trained.eval_loss_after,
-        samples_before=samples_before, main_process=dist.is_main)
+        samples_before=samples_before, main_process=dist.is_main,
+        training_flops=training_flops(model_cfg, trainer.tokens_seen, cd.block_size) if trainer.tokens_seen else 0.0)
     if dist.is_main:
         result.samples_after = sample(model) if sample is not None else []
         if out_dir is not None:
