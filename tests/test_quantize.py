@@ -5,8 +5,9 @@ Tolerances, stated once:
   and dequantized(W) is within half a quantization step of W (plus bf16 rounding of scale / zero);
 - a tiny Llama (2 layers, bf16 activations): int8 logits within 5% relative error (Frobenius
   norm) of fp32 (measured: 2.7%; bf16 alone gives 1.3%), the same arg-max at >= 85% of positions
-  and the same first 4 greedy tokens for 2 prompts; int4 likewise on weights that lie on a 4-bit grid, as in the Q4_1
-  GGUF file gencycle ships (measured 1.7-2.1% for group sizes 32-128); on plain Gaussian weights
+  and greedy tokens equal to fp32's except after a near-tie; int4 likewise on weights that lie on a 4-bit grid, as in the Q4_1
+  GGUF file gencycle ships (measured 1.7-2.1% for group sizes 32-128 with PyTorch's int4 kernel,
+  2.6-2.8% with gencycle's, whose 8-bit activations add ~0.6% per product); on plain Gaussian weights
   int4 errs by 8-10% per layer, as 4-bit rounding predicts (step = range / 15, error step / sqrt(12));
 - these hold on both paths of a quantized layer: the prefill (products over >= MATRIX_ROWS rows,
   through the bf16 copy of the dequantized weights when one is kept) and the decoding steps (a few
@@ -20,8 +21,12 @@ import torch
 from torch import nn
 
 import gencycle
+from gencycle.model import cpu_kernels
 from gencycle.model import quantize as quantize_module
-from gencycle.model.quantize import MATRIX_ROWS, QuantizedLinear, parse_mode, quantize_model
+from gencycle.model.quantize import QuantizedLinear, parse_mode, quantize_model
+
+needs_int4_kernel = pytest.mark.skipif(not cpu_kernels.available(), reason="gencycle's int4 CPU kernel needs "
+                                       "AVX512-VNNI, a C++ compiler and ninja")
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -77,7 +82,7 @@ def test_the_prefill_copy_computes_what_the_kernels_compute(bits, group_size):
     assert kernel.weight_bf16 is None and copy_.weight_bf16.dtype == torch.bfloat16
     assert "bf16 copy for prefill" in repr(copy_)
     assert relative_error(copy_.weight_bf16, kernel.dequantized_weight()) < 0.005  # bf16 rounding only
-    few, many = torch.randn(MATRIX_ROWS - 1, 256), torch.randn(3, MATRIX_ROWS, 256)
+    few, many = torch.randn(copy_.matrix_rows - 1, 256), torch.randn(3, copy_.matrix_rows, 256)
     assert torch.equal(copy_(few), kernel(few))                   # decoding steps: the kernels
     assert relative_error(copy_(many), kernel(many)) < 0.01       # a prompt: the bf16 copy
     assert relative_error(copy_(many), many @ w.t() + bias) < (0.01 if bits == 8 else 0.11)
@@ -95,6 +100,56 @@ def test_prefill_auto_keeps_the_copy_only_where_bf16_matmuls_are_native(monkeypa
     assert model.quantized_prefill == "kernel" and model.lm_head.weight_bf16 is None
     with pytest.raises(ValueError, match="prefill must be one of 'auto', 'bf16', 'kernel', got 'fast'"):
         quantize_model(tiny_llama(), "int8", prefill="fast")
+
+
+def int4_operands(N, K, G, generator):
+    q = torch.randint(0, 16, (N, K), generator=generator, dtype=torch.int32)
+    scale = (torch.rand(N, K // G, generator=generator) * 0.02 + 0.001).bfloat16()
+    zero = (torch.randn(N, K // G, generator=generator) * 0.01).bfloat16()
+    w = ((q.view(N, -1, G) - 8) * scale.float()[..., None] + zero.float()[..., None]).view(N, K)
+    return q, scale, zero, w.double()
+
+
+@needs_int4_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,K,G", [(48, 256, 32), (32, 128, 64), (16, 256, 256)])
+def test_int4_cpu_kernel_computes_its_formula(N, K, G, dtype):
+    """y = sum over blocks of 32 of s d (q . xq - 8 sum xq) + z sum x, xq = round(x / d), d = max|x| / 127."""
+    g = torch.Generator().manual_seed(N + K + G)
+    q, scale, zero, w = int4_operands(N, K, G, g)
+    packed, scales, zeros = cpu_kernels.pack_int4(q, scale, zero, G)
+    for M in (1, 5, 8, 9, 19):  # row blocks of 8 and their tails
+        x = torch.randn(M, K, generator=g).to(dtype)
+        y = torch.ops.gencycle.int4_mm(x, packed, scales, zeros, G)
+        assert y.shape == (M, N) and y.dtype == torch.float32
+        xb = x.float().view(M, K // 32, 32)                               # as the kernel: in fp32,
+        amax = xb.abs().amax(-1, keepdim=True)
+        d = (amax / 127).double()
+        xq = torch.round(xb * (torch.full_like(amax, 127) / amax)).double().view(M, K)  # (127 / amax would
+        # be 127 * (1 / amax) in torch, one rounding more than the kernel's division); half to even
+        xb = xb.double()
+        s, z = (t.double().repeat_interleave(G // 32, dim=1) for t in (scale, zero))   # (N, K / 32)
+        dots = torch.einsum("mbk,nbk->mnb", xq.view(M, -1, 32), (q.double() - 8).view(N, -1, 32))
+        expected = (dots * d[..., 0][:, None, :] * s[None]).sum(-1) + xb.sum(-1) @ z.t()
+        assert relative_error(y, expected) < 1e-5                          # fp32 arithmetic only
+        assert relative_error(y, x.double() @ w.t()) < 0.015               # 8-bit activations: ~0.6%
+    assert torch.equal(torch.ops.gencycle.int4_mm(torch.zeros(3, K, dtype=dtype), packed, scales, zeros, G),
+                       torch.zeros(3, N))                                  # a zero block has d = 0
+
+
+@needs_int4_kernel
+def test_int4_layers_use_gencycle_kernel_where_it_is_built(monkeypatch):
+    w = torch.randn(64, 128)
+    ours = QuantizedLinear(w, None, 4, 32, prefill="kernel")
+    assert ours.kernel == "gencycle" and "gencycle kernel" in repr(ours)
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    theirs = QuantizedLinear(w, None, 4, 32, prefill="kernel")
+    assert theirs.kernel == "aten"
+    assert relative_error(ours.dequantized_weight(), theirs.dequantized_weight()) < 0.005  # the same (bf16 out)
+    x = torch.randn(5, 128)
+    assert relative_error(ours(x), theirs(x)) < 0.015
+    with pytest.raises(RuntimeError, match="int4_mm: shapes do not fit"):
+        torch.ops.gencycle.int4_mm(torch.randn(2, 96), ours.weight_int4, ours.int4_scales, ours.int4_zeros, 32)
 
 
 def test_bf16_and_fp32_inputs_keep_their_dtype():
@@ -115,8 +170,21 @@ def check_close_to_fp32(model, mode, tolerance, agreement):
     prompt = ids[:, :8]  # a batch of 2: the head then reads a strided slice of the hidden states
     ours = gencycle.generate(quantized, prompt, max_new_tokens=12, min_new_tokens=12)
     theirs = gencycle.generate(model, prompt, max_new_tokens=12, min_new_tokens=12)
-    assert torch.equal(ours[:, :12], theirs[:, :12])  # the first 4 new tokens (later ones may hit near-ties)
+    assert_same_greedy_tokens_but_at_near_ties(model, ours, theirs, prompt.shape[1])
     return quantized
+
+
+def assert_same_greedy_tokens_but_at_near_ties(model, ours, theirs, start):
+    """Greedy tokens equal fp32's (`theirs`) up to the first place where fp32 itself nearly tied:
+    its two best logits there within a tenth of the logits' standard deviation (measured: the
+    quantized models differ only at margins of 1-2% of it)."""
+    scores = model(theirs).logits                                   # fp32 along its own continuation
+    for row in range(ours.shape[0]):
+        differ = (ours[row, start:] != theirs[row, start:]).nonzero()
+        if len(differ):
+            t = start + differ[0].item()
+            best, second = scores[row, t - 1].topk(2).values
+            assert best - second < 0.1 * scores.std(), f"row {row} leaves fp32's greedy tokens at {t - start}"
 
 
 @torch.no_grad()

@@ -6,10 +6,14 @@
 Every Linear of the encoder and decoder stacks becomes a `QuantizedLinear`, after the self-attention
 q|k|v and the gated MLP's gate|up are fused into one layer each (`fusion.fuse_for_inference`; same
 numbers: int8 scales are per output row and int4 groups run along the input, so stacking rows
-changes nothing), which saves kernel calls when decoding. The matmul inputs are cast to bf16, the kernels' activation
-type; the rest of the model (embedding, norms, attention, KV cache) keeps its dtype. The matmuls
-are PyTorch's own kernels: `aten._weight_int8pack_mm` (CPU and CUDA), `aten._weight_int4pack_mm_for_cpu` on CPU and
-`aten._weight_int4pack_mm` (tinygemm, sm80+) on CUDA.
+changes nothing), which saves kernel calls when decoding. Only the Linear layers change: the rest of
+the model (embedding, norms, attention, KV cache) keeps its dtype. The kernels:
+
+- int8: PyTorch's `aten._weight_int8pack_mm` (CPU and CUDA), with bf16 inputs;
+- int4 on a CPU with AVX512-VNNI: gencycle's own `torch.ops.gencycle.int4_mm` (cpu_kernels.py:
+  8-bit activations in blocks of 32, integer dot products; 3x PyTorch's kernel for one row and
+  3-4x for eight, built once per machine), else PyTorch's `aten._weight_int4pack_mm_for_cpu`;
+- int4 on CUDA: `aten._weight_int4pack_mm` (tinygemm, sm80+).
 
     int8: w ~= q * scale,                 q in [-127, 127], one bf16 scale per output row
     int4: w ~= (q - 8) * scale + zero,    q in [0, 15], bf16 scale and zero per `group_size` inputs
@@ -47,13 +51,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .fusion import FusedLinear, fuse_for_inference
 from .layers import Attention, FeedForward
 
 GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32  # as GGUF's Q4_0 / Q4_1 blocks; see quantize_model
 PREFILL_MODES = ("auto", "bf16", "kernel")
-MATRIX_ROWS = 16  # products over at least this many rows use the bf16 copy, when one is kept
+# Products over at least this many rows use the bf16 copy, when one is kept: about where bf16
+# matrix kernels overtake PyTorch's int8 / int4 ones (5-8 rows here), and gencycle's int4 one
+# (24-32 rows; cpu_kernels.py), measured per layer on this project's Xeon.
+MATRIX_ROWS = 16
+VNNI_MATRIX_ROWS = 32
 aten = torch.ops.aten
 
 
@@ -138,6 +147,7 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.bits, self.group_size = bits, group_size
+        self.kernel, self.matrix_rows = "aten", MATRIX_ROWS
         prefill = resolve_prefill(prefill, weight.device)
         w = weight.detach().float()
         if bits == 8:
@@ -169,13 +179,21 @@ class QuantizedLinear(nn.Module):
         zero = (low + 8 * scale.float()).to(torch.bfloat16)                             # the value of q = 8
         q = torch.round((groups - zero.float()[..., None]) / scale.float()[..., None] + 8)
         q = q.clamp(0, 15).to(torch.int32).view(N, K)
+        self.kernel = "aten"
         if w.is_cuda:  # tinygemm's tiled layout, from two 4-bit values per byte
             inner_k_tiles = next(t for t in (8, 4, 2) if K % (16 * t) == 0)
             packed = aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), inner_k_tiles)
+        elif cpu_kernels.available():  # 8-bit activations on AVX512-VNNI (cpu_kernels.py)
+            self.kernel, self.matrix_rows = "gencycle", VNNI_MATRIX_ROWS
+            packed, scales, zeros = cpu_kernels.pack_int4(q, scale, zero, G)
+            self.register_buffer("weight_int4", packed)
+            self.register_buffer("int4_scales", scales)
+            self.register_buffer("int4_zeros", zeros)
         else:
             packed = aten._convert_weight_to_int4pack_for_cpu(q, 2)
-        self.register_buffer("weight_int4", packed)
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous())
+        if self.kernel == "aten":
+            self.register_buffer("weight_int4", packed)
+            self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous())
         return ((q.view(N, K // G, G) - 8) * scale.float()[..., None] + zero.float()[..., None]).view(N, K)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -185,7 +203,10 @@ class QuantizedLinear(nn.Module):
         eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight_int4.device)
         return self._matmul(eye).float().t()  # columns of W^T, read back through the kernel itself
 
-    def _matmul(self, x: torch.Tensor) -> torch.Tensor:  # x: (M, K) bf16 -> (M, N) bf16
+    def _matmul(self, x: torch.Tensor) -> torch.Tensor:  # x: (M, K) contiguous -> (M, N) bf16 or fp32
+        if self.kernel == "gencycle":  # takes fp32 or bf16
+            return torch.ops.gencycle.int4_mm(x, self.weight_int4, self.int4_scales, self.int4_zeros, self.group_size)
+        x = x.to(torch.bfloat16) if x.dtype != torch.bfloat16 else x  # the kernels' activation type
         if self.bits == 8:
             return aten._weight_int8pack_mm(x, self.weight_int8, self.scales)
         if x.is_cuda:
@@ -194,18 +215,17 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)                                  # (M, K)
-        x2 = x2.to(torch.bfloat16) if x2.dtype != torch.bfloat16 else x2
-        if self.weight_bf16 is not None and x2.shape[0] >= MATRIX_ROWS:      # a prompt, a big batch
-            y = F.linear(x2, self.weight_bf16, self.bias)
+        if self.weight_bf16 is not None and x2.shape[0] >= self.matrix_rows:  # a prompt, a big batch
+            y = F.linear(x2.to(torch.bfloat16), self.weight_bf16, self.bias)
         else:
             y = self._matmul(x2 if x2.is_contiguous() else x2.contiguous())    # (M, N)
             if self.bias is not None:
                 y = y + self.bias
         y = y.view(*x.shape[:-1], self.out_features)
-        return y.to(x.dtype) if x.dtype != torch.bfloat16 else y
+        return y.to(x.dtype) if y.dtype != x.dtype else y
 
     def extra_repr(self) -> str:
-        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        group = f", group_size={self.group_size}, {self.kernel} kernel" if self.bits == 4 else ""
         copy = ", bf16 copy for prefill" if self.weight_bf16 is not None else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}{group}{copy}"
 
