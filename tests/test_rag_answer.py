@@ -211,3 +211,20 @@ def test_cli_bad_input_is_one_line_with_exit_status_2(built, tmp_path, capsys):
                 "--chunk-tokens", 32, "--chunk-overlap", 4) == 2
     err = capsys.readouterr().err
     assert "was built with the embedder" in err and "--rebuild" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_rag_ask_on_the_shipped_dialogues_cites_the_right_one(tmp_path, capsys):
+    """The packaged MiniLM indexes the 330 shipped dialogues; the packaged SmolLM2 answers a question
+    about one of them (chitchat_276: one speaker would build the wall) and cites it."""
+    from gencycle.assets import resolve
+    try:
+        resolve("smollm2-135m-instruct"), resolve("all-minilm-l6-v2")
+    except FileNotFoundError:
+        pytest.skip("the packaged models are not installed")
+    assert _cli("rag", "index", "shipped", "--index", tmp_path / "idx", "--no-progress") == 0
+    assert "chunks from 1 files" in capsys.readouterr().out
+    assert _cli("rag", "ask", tmp_path / "idx", "Why does one speaker want to build the wall?") == 0
+    out = capsys.readouterr().out
+    cited = out.split("Sources cited:")[1].split("Retrieved, not cited:")[0]
+    assert "dialogues.jsonl:276 (chitchat_276)" in cited, out

@@ -51,7 +51,7 @@ def test_a_tool_is_a_named_function_with_a_description_and_typed_arguments():
 
 
 @pytest.mark.parametrize("text, message", [
-    ('{"a": 2, "b": }', r"Action Input for add is not valid JSON \(Expecting value at character 14\)"),
+    ('{"a": 2, "b": }', r"Action Input for add is not valid JSON \(Expecting value, character 14\)"),
     ("2, 3", r'Action Input for add must be a JSON object like \{"a": "<integer>", "b": "<integer>"'),
     ('{"a": 2}', "add needs the argument 'b'"),
     ('{"a": 2, "b": 3, "c": 4}', "add has no argument 'c'; its arguments: a, b, scale"),
@@ -131,6 +131,7 @@ def test_the_loop_runs_real_tools_and_ends_at_the_final_answer():
                                         "Action: calculator\nAction Input: {\"expression\": \"17 * 23 + 4\"}\n"
                                         "Observation: 395\nThought: Let me check with Python.")
     assert result.format().endswith("Final Answer: 395\n\n(final answer after 3 steps)")
+    assert "Example:\n\nQuestion: What is 3 * (4 + 5)?" in model.prompts[0]
 
 
 def test_the_loop_stops_at_the_step_limit_with_the_whole_transcript():
@@ -164,6 +165,12 @@ def test_malformed_action_input_and_missing_actions_come_back_as_observations():
     assert observations[1] == "no Action Input for adder: write 'Action Input: ' and its input on the next line"
     assert observations[2].startswith("no Action in that step: write 'Action: <tool name>'")
     assert observations[3:] == ["3.0", None] and result.answer == "3"
+    assert "Example:" not in result.prompt  # the worked example needs the calculator
+
+
+def test_the_final_answer_ends_at_a_blank_line():
+    result = react("q", [calculator_tool()], ReplayedTurns(" Done.\nFinal Answer: 42\n\nThis is a classic example."))
+    assert result.answer == "42" and "classic example" in result.transcript
 
 
 def test_a_tool_that_raises_is_an_observation_not_the_end_of_the_loop():
@@ -233,3 +240,29 @@ def test_the_loop_on_the_real_smollm2():
     for step in result.steps[:-1] if result.stopped == "answer" else result.steps:
         assert step.observation  # every step that did not answer got an observation
     print(json.dumps({"stopped": result.stopped, "steps": len(result.steps)}), result.format(), sep="\n")
+
+
+# ------------------------------------------------------------------ the CLI
+def _cli(*argv):
+    from gencycle.cli import main
+    return main([str(a) for a in argv])
+
+
+def test_cli_agent_runs_the_loop_and_pal_on_a_tiny_model(tmp_path, capsys):
+    from tiny_llm import save_tiny_chat_model
+    model = save_tiny_chat_model(tmp_path / "chat", context=1024)
+    assert _cli("agent", "What is 2 + 2?", "--model", model, "--max-steps", 2, "--max-new-tokens", 4) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Question: What is 2 + 2?\nThought:")
+    assert "(stopped: 2 steps (the most allowed) without a final answer)" in out or "final answer after" in out
+    assert _cli("agent", "What is 2 + 2?", "--model", model, "--pal", "--max-new-tokens", 6) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Question: What is 2 + 2?\n\nProgram:\n")
+    assert "Answer: " in out or "The program did not give an answer" in out or "no program" in out
+
+
+def test_cli_agent_bad_tools_are_refused_before_loading_a_model(tmp_path, capsys):
+    assert _cli("agent", "q", "--model", tmp_path / "missing", "--tools", "calculator", "browser") == 2
+    assert "unknown tool 'browser'; the built-in tools are calculator, python, search" in capsys.readouterr().err
+    assert _cli("agent", "q", "--model", tmp_path / "missing", "--tools", "search") == 2
+    assert "the search tool needs a RAG index: pass --index PATH" in capsys.readouterr().err

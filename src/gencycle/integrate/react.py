@@ -56,6 +56,19 @@ Observation: the tool's result
 ... (Thought, Action, Action Input and Observation can repeat)
 Thought: I now know the answer
 Final Answer: the answer to the question"""
+# A worked example, shown when the calculator is among the tools: with it SmolLM2-135M writes
+# "Action: calculator" and a JSON Action Input; without it, it wrote its arithmetic as the tool name.
+EXAMPLE = """
+
+Example:
+
+Question: What is 3 * (4 + 5)?
+Thought: I should use the calculator.
+Action: calculator
+Action Input: {"expression": "3 * (4 + 5)"}
+Observation: 27
+Thought: I now know the answer.
+Final Answer: 27"""
 
 
 @dataclass
@@ -90,8 +103,10 @@ class ReActResult:
 
 
 def instructions(tools: Sequence[Tool]) -> str:
+    """The tools and the format (and the worked example when there is a calculator)."""
     listing = "\n".join(f"{t.signature()}: {t.description}" for t in tools)
-    return INSTRUCTIONS.format(tools=listing, names=", ".join(t.name for t in tools))
+    text = INSTRUCTIONS.format(tools=listing, names=", ".join(t.name for t in tools))
+    return text + (EXAMPLE if any(t.name == "calculator" for t in tools) else "")
 
 
 def plain_start(instructions_text: str, question: str) -> str:
@@ -118,8 +133,9 @@ def parse_step(text: str) -> Step:
 
 
 def final_answer(text: str) -> str | None:
+    """What follows "Final Answer:", up to a blank line."""
     found = _FINAL.search(text)
-    return found.group("answer").strip() if found else None
+    return found.group("answer").strip().split("\n\n")[0].strip() if found else None
 
 
 def react(question: str, tools: Sequence[Tool], generate: Generate, max_steps: int = 6,

@@ -79,7 +79,7 @@ class Tool:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ToolInputError(f"Action Input for {self.name} is not valid JSON ({error.msg} at character "
+            raise ToolInputError(f"Action Input for {self.name} is not valid JSON ({error.msg}, character "
                                  f"{error.pos}); write one JSON object on one line") from None
         if not isinstance(values, dict):
             raise ToolInputError(f"Action Input for {self.name} must be a JSON object")
