@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+from pathlib import Path
 import shutil
 import threading
 import warnings
@@ -190,12 +191,22 @@ TORCH_LIBRARY_IMPL(gencycle, CPU, m) {
 _FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_supports_vnni() -> bool:
     """AVX512-VNNI (`vpdpbusd`), which the kernel needs."""
     probe = getattr(torch.cpu, "_is_vnni_supported", None)
     if probe is not None:
         return bool(probe())
-    from .quantize import cpu_flags
     return {"avx512_vnni", "avx512bw"} <= cpu_flags()
 
 

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu_kernels
+from .cpu_kernels import cpu_flags  # noqa: F401  (re-exported: generation.defaults reads it here)
 from .fusion import FusedLinear, fuse_for_inference
 from .layers import Attention, FeedForward
 
@@ -67,17 +68,6 @@ aten = torch.ops.aten
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def native_bf16_matmul(device: torch.device | str = "cpu") -> bool:
     """Whether bf16 matrix products run on native hardware: a CPU with AMX-BF16 or AVX512-BF16,
     or a CUDA GPU that supports bf16 (on other CPUs oneDNN emulates bf16, slower than fp32)."""
