@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import functools
 import warnings
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
