@@ -68,6 +68,9 @@ def test_a_tool_with_one_text_argument_takes_the_text_itself():
     tool = calculator_tool()
     assert tool.call("2 + 3") == "5" and tool.call('"2 * 4"') == "8" and tool.call('{"expression": "7 - 9"}') == "-2"
     assert tool.call("```json\n{\"expression\": \"1/4\"}\n```") == "0.25"
+    assert tool.call('{"expression": "17 * 23 + 4}') == "395"          # the closing quote missing
+    with pytest.raises(ToolInputError, match="not valid JSON"):
+        tool.call('{"formula": "17 * 23 + 4}')                          # not its argument: still refused
 
 
 def test_the_calculator_evaluates_arithmetic_and_nothing_else():

@@ -8,7 +8,8 @@
     tool.call("2, 3")                              # ToolInputError: Action Input must be a JSON object ...
 
 A tool's input is the text a model wrote after "Action Input:": a JSON object of its arguments,
-or, for a tool with one text argument, the text itself. Wrong names, missing or mistyped
+or, for a tool with one text argument, the text itself (or an object for it whose string lacks
+its closing quote, `{"expression": "2 + 3}`, as SmolLM2-135M writes it). Wrong names, missing or mistyped
 arguments and malformed JSON raise ToolInputError with a message meant for the model (the ReAct
 loop hands it back as the observation). The built-in tools: `calculator` (arithmetic evaluated
 over the parsed `ast`, never `eval`), `search` (over a RAG index) and `python` (the sandbox).
@@ -21,6 +22,7 @@ import inspect
 import json
 import math
 import operator
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,6 +81,9 @@ class Tool:
         try:
             values = json.loads(text)
         except json.JSONDecodeError as error:
+            loose = _LOOSE_OBJECT.match(text)  # {"expression": "17 * 23 + 4}: a closing quote missing
+            if len(self.parameters) == 1 and single and loose and loose.group(1) == single[0]:
+                return {single[0]: loose.group(2)}
             raise ToolInputError(f"Action Input for {self.name} is not valid JSON ({error.msg}, character "
                                  f"{error.pos}); write one JSON object on one line") from None
         if not isinstance(values, dict):
@@ -99,6 +104,9 @@ class Tool:
         result = self.function(**self.parse(text))
         return result if isinstance(result, str) else json.dumps(result) if isinstance(result, (list, dict)) \
             else str(result)
+
+
+_LOOSE_OBJECT = re.compile(r'^\{\s*"?(\w+)"?\s*:\s*"([^"]*)"?\s*\}$', re.DOTALL)
 
 
 def _unquote(text: str) -> str:
