@@ -236,6 +236,17 @@ def test_an_interrupted_commit_leaves_the_previous_index_whole(docs, tmp_path, e
     assert sorted(p.name for p in path.iterdir()) == ["bm25-2", "chunks.sqlite", "vectors-2.faiss"]
 
 
+def test_an_index_that_crashed_before_its_first_commit_is_built_on(docs, tmp_path, encoder, monkeypatch):
+    monkeypatch.setattr(RagIndex, "_build_bm25", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        _index(docs, tmp_path / "idx", encoder)
+    monkeypatch.undo()
+    with RagIndex.open(tmp_path / "idx") as index:
+        assert (len(index), index.meta["generation"]) == (0, 0)
+    report = _index(docs, tmp_path / "idx", encoder)
+    assert sorted(report.added) == ["a.txt", "d.jsonl", "sub/b.md"] and report.chunks > 0
+
+
 def test_the_sqlite_records_are_plain_tables(docs, tmp_path, encoder):
     _index(docs, tmp_path / "idx", encoder)
     db = sqlite3.connect(tmp_path / "idx" / "chunks.sqlite")

@@ -257,6 +257,8 @@ class RagIndex:
 
     # ---- searching --------------------------------------------------------------------------
     def _faiss(self):
+        if self._vectors is None and self.meta["generation"] == 0:  # created, never committed
+            self._vectors = _new_vectors(self.dimension)
         if self._vectors is None:
             faiss = _require("faiss", "faiss-cpu")
             file = self.path / f"vectors-{self.meta['generation']}.faiss"
@@ -289,6 +291,8 @@ class RagIndex:
 
     def bm25(self, query: str, k: int) -> list[tuple[int, float]]:
         """The k chunks with the highest BM25 score for `query` (only chunks sharing a term with it)."""
+        if self._bm25 is None and self.meta["generation"] == 0:
+            return []
         if self._bm25 is None:
             bm25s = _require("bm25s", "bm25s")
             folder = self.path / f"bm25-{self.meta['generation']}"
