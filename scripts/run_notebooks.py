@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nrun times (load average {load:.1f}, {os.cpu_count()} cores):")
     for name, seconds in times:
-        print(f"  {name:<40} {seconds // 60:.0f} min {seconds % 60:02.0f} s")
+        minutes, rest = divmod(round(seconds), 60)
+        print(f"  {name:<40} {minutes} min {rest:02d} s")
     return 1 if failed else 0
 
 
