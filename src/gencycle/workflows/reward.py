@@ -50,7 +50,8 @@ class RewardDataConfig:
     test_data: str | Path | Sequence[dict] | None = None
     """held-out rows whose accuracy is reported before / after (default: the test split)"""
     labels: tuple[str, ...] | None = None
-    """label names in index order, e.g. non-toxic toxic (default: from the data; integer labels are LABEL_i)"""
+    """label names in index order, e.g. non-toxic toxic (default: from the data; integer labels are LABEL_i;
+    chitchat-toxicity's are non-toxic toxic)"""
     max_length: int = 256
     """tokens per text at most (cut to the backbone's context window); a long text loses its end"""
 
@@ -194,8 +195,12 @@ def train_reward_model(backbone: str | Path | torch.nn.Module, data: str | Path 
     records, source = load_reward_records(data, "train" if split_source else None)
     kind = reward_data_kind(records, source)
     if kind == "classification":
+        names = config.data.labels
+        if names is None and str(data) == "chitchat-toxicity":
+            from gencycle.data.toxicity import LABELS
+            names = tuple(LABELS[i] for i in sorted(LABELS))
         id2label = (classifier.id2label if classifier is not None and not config.data.labels
-                    else label_names(records, config.data.labels))
+                    else label_names(records, names))
         num_labels = len(id2label)
     else:
         id2label, num_labels = {0: "reward"}, 1
