@@ -42,7 +42,7 @@ def test_each_prompt_is_the_context_before_an_offensive_reply(splits):
     for record in sample:
         assert record["reply_offensive"] > 0.5
         messages = record["messages"]
-        assert messages and messages[-1]["role"] == "user" and len(messages) <= 4
+        assert messages and messages[-1]["role"] == "user" and len(messages) <= 2  # context_turns=2
         assert all(m["role"] in ("user", "assistant") and m["content"].strip() for m in messages)
         assert record["prompt"].endswith("\nB:") and record["prompt"].count("\n") >= len(messages)
     # the reply's score is alt-profanity-check's, on one of its messages

@@ -11,7 +11,7 @@ gives one of its messages P(offensive) > 0.5: about 1.7% of the messages, 3,895 
 before them. The labels are the classifier's, not a person's: they are derived, and noisy (it flags
 "WHAT THE HECK" and now and then a harmless line).
 
-Each prompt is the conversation before such a reply, its last `context_turns` turns at most: the
+Each prompt is the conversation before such a reply, its last `context_turns` (2) turns at most: the
 person who replied offensively speaks as the assistant, the other as the user, so a chat model
 writes the next reply in the place where a human wrote an offensive one. A record:
 
@@ -79,7 +79,7 @@ def _candidates(threshold: float, context_turns: int) -> tuple[dict, ...]:
 
 
 def detox_prompts(split: str = "train", *, test_size: int = 256, seed: int = 0, threshold: float = 0.5,
-                  context_turns: int = 4) -> list[dict]:
+                  context_turns: int = 2) -> list[dict]:
     """The lab's prompts of `split` ("train", "test" or "all"); see the module docstring.
 
     test_size: held-out prompts (whole conversations are drawn in a seeded order until there are
