@@ -12,8 +12,8 @@ import torch
 
 import gencycle
 from gencycle.adapters import apply_lora, apply_prompt_tuning, load_adapter, merge_lora, save_adapter
-from gencycle.generation.compiled import (CompiledDecodeState, CompiledStep, _onednn_fp32_linears, cache_slots,
-                                          fingerprint, has_cpp_compiler)
+from gencycle.generation.compiled import (AheadOfTimeSteps, CompiledDecodeState, CompiledStep, _onednn_fp32_linears,
+                                          cache_slots, fingerprint, has_cpp_compiler, package_key)
 from gencycle.generation.state import DecodeState
 from gencycle.model.fusion import unfuse_projections
 from gencycle.model.quantize import quantize_model
@@ -156,6 +156,42 @@ def test_a_model_changed_after_compiling_gets_its_step_built_again(tmp_path):
     # bf16 rounds differently eagerly and compiled: measured 3.3% apart, as far as bf16 is from fp32 here
     assert ((compiled - eager).norm() / eager.norm()).item() < 0.06
     assert torch.equal(compiled.argmax(-1), eager.argmax(-1))
+
+
+@needs_compiler
+def test_ahead_of_time_steps_equal_eager_and_a_later_model_loads_them(tmp_path, monkeypatch):
+    """compile_decoding(packages=...): each step shape exported and AOT-compiled to a library in the
+    folder; a model with the same weights (a later process) loads it instead of compiling."""
+    model = gencycle.compile_decoding(tiny("tiny-llama"), packages=tmp_path)
+    ids, mask = ragged_prompts()
+    eager, compiled = eager_and_compiled(model, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
+    assert torch.equal(compiled, eager)
+    key = model.compiled_decoding.ahead_of_time.key
+    assert (tmp_path / f"{key}-b4-s64.so").is_file()
+    monkeypatch.setattr(AheadOfTimeSteps, "build", lambda *args: pytest.fail("built again"))
+    again = gencycle.compile_decoding(tiny("tiny-llama"), packages=tmp_path)
+    with torch.inference_mode():
+        assert torch.equal(gencycle.generate(again, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6),
+                           eager)
+
+
+def test_a_package_key_changes_with_what_the_library_holds(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+    model, same = tiny("tiny-llama"), tiny("tiny-llama")
+    key = package_key(model)
+    assert package_key(same) == key                                   # same weights, config and code
+    assert package_key(tiny("tiny-llama", seed=1)) != key             # other weights
+    with torch.no_grad():
+        same.decoder.layers[1].mlp.down_proj.weight[0, 0] += 1e-3     # one weight
+    assert package_key(same) != key
+    assert package_key(tiny("tiny-llama").to(torch.bfloat16)) != key  # another dtype
+    assert package_key(quantize_model(tiny("tiny-llama"), "int8")) != key
+    gencycle.compile_decoding(model, packages="auto")
+    step = model.compiled_decoding
+    assert step.ahead_of_time.folder.name == "compiled" and step.ahead_of_time.key == key
+    with torch.no_grad():
+        model.lm_head.weight.mul_(2)                                  # changed after compiling: a new key
+    assert gencycle.generation.compiled.current_step(model).ahead_of_time.key != key
 
 
 def fused_adamw_step(model) -> None:

@@ -31,6 +31,13 @@ outside torch, and writes to tensors made under torch.inference_mode (they have 
 counter). A wrapper around a compiled model (PromptTuningModel) is refused: the compiled steps are
 the bare model's.
 
+Fast starts: torch.compile's graphs live in the process; a later process traces and compiles
+again (its disk cache saves part of the work, not the tracing: minutes on a loaded 2-core
+machine for SmolLM2). `compile_decoding(model, packages="auto")` compiles each step shape ahead of
+time instead (torch.export + AOTInductor, `AheadOfTimeSteps`) into a shared library beside the GGUF
+cache, keyed by the weights' content: a later process with the same weights hashes them (~0.4 s
+for SmolLM2 int4) and loads the library (~0.2 s) where torch.compile would trace and compile.
+
 The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
 calls with gradients enabled decode eagerly. A finished row is not dropped from the compiled
 batch (that would change its shape); its results are just no longer read.
@@ -39,9 +46,14 @@ batch (that would change its shape); its results are just no longer read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import os
 import shutil
+import tempfile
 import threading
 import types
+import zipfile
+from pathlib import Path
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -64,9 +76,15 @@ def has_cpp_compiler() -> bool:
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
-def compile_decoding(model):
+def compile_decoding(model, packages: str | os.PathLike | None = None):
     """Make `generate` / `stream` on this decoder-only Transformer run compiled steps; returns the
-    model, in eval mode with its projections fused (`fuse_for_inference`)."""
+    model, in eval mode with its projections fused (`fuse_for_inference`).
+
+    packages: None compiles each step shape with torch.compile in this process (torch's disk cache
+    makes a later process faster, not fast); "auto" or a folder compiles each shape ahead of time
+    (torch.export + AOTInductor) into a package in that folder ("auto": `default_package_dir()`,
+    beside the GGUF cache), keyed by the weights' content, so that a later process loads it in
+    well under a second instead of compiling (see `AheadOfTimeSteps`)."""
     if not isinstance(model, Transformer):
         raise TypeError(f"compile_decoding takes a Transformer, not a {type(model).__name__}: compiled steps "
                         "run the model's own decode_step, without what a wrapper adds")
@@ -77,8 +95,15 @@ def compile_decoding(model):
                            "install one, or decode eagerly (without compile)")
     fuse_for_inference(model.eval())
     _watch_optimizer_steps()
-    model.compiled_decoding = CompiledStep(model)
+    if packages == "auto":
+        packages = default_package_dir()
+    model.compiled_decoding = CompiledStep(model, packages=None if packages is None else Path(packages))
     return model
+
+
+def default_package_dir() -> Path:
+    """`$GENCYCLE_CACHE/compiled`, or `~/.cache/gencycle/compiled` (beside the GGUF cache)."""
+    return Path(os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle").expanduser() / "compiled"
 
 
 def _watch_optimizer_steps() -> None:
@@ -122,7 +147,7 @@ def current_step(model) -> "CompiledStep":
         with _REBUILD:
             step = model.compiled_decoding
             if now != step.fingerprint:
-                step = model.compiled_decoding = CompiledStep(model, now)
+                step = model.compiled_decoding = CompiledStep(model, now, packages=step.packages)
     return step
 
 
@@ -130,14 +155,19 @@ class CompiledStep:
     """The model's compiled `decode_step` and the `fingerprint` of the model it was built for;
     torch keeps one graph per (batch size, cache slots)."""
 
-    def __init__(self, model, fingerprint_now: tuple | None = None):
+    def __init__(self, model, fingerprint_now: tuple | None = None, packages: Path | None = None):
         self.model = model
         self.fingerprint = fingerprint(model) if fingerprint_now is None else fingerprint_now
         self.function = torch.compile(_own_decode_step(model), fullgraph=True, dynamic=False,
                                       options={"guard_filter_fn": _identity_guards_on_modules})
         self.lock = threading.Lock()
+        self.packages = packages
+        self.ahead_of_time = None if packages is None else AheadOfTimeSteps(model, packages)
 
     def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
+        if self.ahead_of_time is not None:
+            with self.lock:
+                return self.ahead_of_time(ids, positions, bias, cache)
         # These settings must hold while torch traces, which any call may do (a new shape);
         # options= would come too late. They are global, so calls take turns.
         #   freezing: weights become constants (fp32 / bf16 matrices pre-packed for oneDNN);
@@ -170,6 +200,105 @@ def _onednn_fp32_linears():
         yield
     finally:
         device_op.pack_linear_weight, device_op.pack_linear = pack_weight, pack_linear
+
+
+class _StepModule(torch.nn.Module):
+    """decode_step over plain tensors, for torch.export: the cache's keys and values (written in
+    place at `position`) are inputs, the model's weights its constants."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, positions, bias, position, keys, values):
+        cache = StaticKVCache.__new__(StaticKVCache)
+        cache._set(keys, values)
+        cache.position, cache.length = position, 0
+        return self.model.decode_step(ids, positions, bias, cache)
+
+
+class AheadOfTimeSteps:
+    """Compiled steps as AOTInductor shared libraries, one per (batch size, cache slots):
+    `<folder>/<key>-b<batch>-s<slots>.so`. The key hashes the weights' bytes, the config, the model
+    code, torch's version and the CPU's capability, so a library is found again exactly when it
+    would be compiled the same; a missing one is exported and compiled (once: tens of seconds to
+    minutes), written atomically, then loaded: a `dlopen`, a fraction of a second. A library holds
+    its weights, frozen and pre-packed as in `CompiledStep`'s graphs (about the size of the weights
+    that a step reads, per file)."""
+
+    def __init__(self, model, folder: Path):
+        self.model, self.folder = model, Path(folder)
+        self.key = package_key(model)
+        self.runners: dict[tuple[int, int], object] = {}
+
+    def path(self, batch: int, slots: int) -> Path:
+        return self.folder / f"{self.key}-b{batch}-s{slots}.so"
+
+    def runner(self, batch: int, slots: int):
+        """The loaded library for this shape, built first when there is none."""
+        runner = self.runners.get((batch, slots))
+        if runner is None:
+            path = self.path(batch, slots)
+            if not path.is_file():
+                self.build(batch, slots, path)
+            device = self.model.device
+            aoti = torch._C._aoti
+            runner = (aoti.AOTIModelContainerRunnerCpu(str(path), 1) if device.type == "cpu"
+                      else aoti.AOTIModelContainerRunnerCuda(str(path), 1, str(device)))
+            self.runners[batch, slots] = runner
+        return runner
+
+    def build(self, batch: int, slots: int, path: Path) -> None:
+        model = self.model
+        with torch.inference_mode(False), torch.no_grad():
+            cache = StaticKVCache.for_model(model, batch, slots)
+            ids, positions = (torch.zeros(batch, 1, dtype=torch.long, device=model.device) for _ in range(2))
+            bias = torch.zeros(batch, 1, 1, slots, dtype=model.dtype, device=model.device)
+            position = torch.zeros(1, dtype=torch.long, device=model.device)  # distinct tensors: export would
+            program = torch.export.export(_StepModule(model), (ids, positions, bias, position, cache.keys,  # alias
+                                                               cache.values), strict=False)  # one passed twice
+            path.parent.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
+            try:
+                with _onednn_fp32_linears():
+                    package = torch._inductor.aoti_compile_and_package(
+                        program, package_path=str(work / "step.pt2"), inductor_configs={"freezing": True})
+                with zipfile.ZipFile(package) as archive:  # the library (weights inside) and the json that
+                    library = next(n for n in archive.namelist() if n.endswith(".so"))  # names its custom ops:
+                    for member, suffix in ((library[:-3] + ".json", ".json"), (library, ".so")):  # loading
+                        if member in archive.namelist():                                        # needs no
+                            with archive.open(member) as source, open(work / f"step{suffix}", "wb") as target:
+                                shutil.copyfileobj(source, target, 1 << 24)                     # unpacking
+                if (work / "step.json").exists():
+                    os.replace(work / "step.json", path.with_suffix(".json"))
+                os.replace(work / "step.so", path)  # whole or not at all, also with another process building it
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+    def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
+        runner = self.runner(ids.shape[0], cache.max_length)
+        inputs = [ids, positions, bias, cache.position, cache.keys, cache.values]  # the library trusts the
+        return runner.run([t if t.is_contiguous() else t.contiguous() for t in inputs])[0]  # layout it was built for
+
+
+def package_key(model) -> str:
+    """What an ahead-of-time package depends on, hashed: every parameter's and buffer's name,
+    dtype, shape and bytes; the config; the source of gencycle's model code; torch's version; the
+    CPU's capability (the kernels are built for it)."""
+    digest = hashlib.sha1()  # not for security: a content address (sha1 runs on the CPU's SHA instructions)
+    model_code = Path(__file__).resolve().parent.parent / "model"
+    for source in sorted(model_code.glob("*.py")):
+        digest.update(source.read_bytes())
+    digest.update(Path(__file__).read_bytes())
+    digest.update(f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {model.config!r} "
+                  f"{type(model).__name__} {getattr(model, 'quantization', None)}".encode())
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if name.rpartition(".")[2] == "weight_bf16":  # a quantized layer's prefill copy, made from its
+            continue                                   # quantized weights (hashed) and not read by a step
+        data = tensor.detach().contiguous().view(-1)
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(memoryview(data.view(torch.uint8).cpu().numpy()))
+    return digest.hexdigest()[:24]
 
 
 def _own_decode_step(model):
