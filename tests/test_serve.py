@@ -320,7 +320,7 @@ def test_metrics_count_requests_tokens_and_latencies(server):
 
 @pytest.mark.skipif(not MINILM, reason="the packaged all-MiniLM-L6-v2 is not installed")
 def test_embeddings_are_the_sentence_encoders(server, client):
-    from gencycle.embeddings import SentenceEncoder
+    from gencycle.integrate.embeddings import SentenceEncoder
     texts = ["A cat sits on the mat.", "Stocks fell sharply today."]
     out = client.embeddings.create(model="all-minilm-l6-v2", input=texts)     # the client asks for base64
     want = SentenceEncoder().encode(texts)
