@@ -170,6 +170,36 @@ def test_resume_from_a_checkpoint_continues_exactly(tmp_path):
     assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3, 4]
 
 
+def test_resume_in_the_run_folder_logs_each_step_once(tmp_path):
+    """A run killed after its checkpoint (step 2) and its step 3, resumed in the same folder and killed
+    again during step 4: metrics.jsonl and samples.jsonl hold steps 1-3 once each, step 3 from the
+    resumed run (as the straight run wrote it), not the killed run's lines and then the new ones."""
+    first = trainer_for(lora_policy(tiny_decoder), steps=3, batch=8, out=tmp_path, sample_every=1,
+                        samples_per_step=2, train={"checkpoint_every": 2})
+    first.train()
+    straight = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in straight] == [1, 2, 3]
+
+    calls = []
+
+    def killed_in_step_4(prompts, completions):  # the resumed run's second step is step 4
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return share_of_a(prompts, completions)
+
+    resumed = trainer_for(lora_policy(tiny_decoder), steps=4, batch=8, out=tmp_path, sample_every=1,
+                          samples_per_step=2, reward=killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        resumed.train(resume=True)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics] == [1, 2, 3]
+    untimed = lambda h: {k: v for k, v in h.items() if not k.startswith("time") and k != "tokens_per_s"}  # noqa
+    assert [untimed(r) for r in metrics] == [untimed(r) for r in straight]
+    samples = [json.loads(line)["step"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert samples == [1, 1, 2, 2, 3, 3]
+
+
 # ------------------------------------------------------------------ diagnostics
 def test_each_diagnostic_warns_once_in_clear_words():
     trainer = trainer_for(lora_policy(tiny_decoder), steps=1, kl_warning=5.0)
