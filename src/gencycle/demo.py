@@ -265,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     paths = run(args.out, args.examples, args.model)
     print(f"\nreport: {paths['markdown']}\n        {paths['html']} (plots embedded)")
     print(f"scores: {Path(args.out) / 'comparison' / 'scores.md'}")
+    print("align: the RLHF detoxification lab (reward model, PPO with a KL penalty) is `make detox-lab`, "
+          "results in README.md, section \"Alignment (RLHF and DPO)\"")
     return 0
 
 
