@@ -1,8 +1,10 @@
 """Execute the notebooks (notebooks/*.ipynb) top to bottom, each in a fresh kernel, into runs/notebooks/.
 
 Each notebook runs with runs/notebooks/ as its working folder (files it writes land there) and its
-executed copy, outputs included, is written there as well; the run time of each is printed, and a
-notebook whose cell raises stops the run with that cell's error. The kernel is "python3" started
+executed copy, outputs included, is written there as well; the run time of each is printed with the CPU
+time its kernel used (user + system, all threads: on a loaded machine it says what the notebook costs,
+where the wall time also counts the waits for a core), and a notebook whose cell raises stops the run
+with that cell's error. The kernel is "python3" started
 with the Python that runs this script (the project's .venv under `make notebooks`).
 
     python scripts/run_notebooks.py                      # all of them
@@ -36,16 +38,27 @@ def check_kernel() -> None:
                          f"`{sys.executable} -m ipykernel install --sys-prefix`")
 
 
-def run(path: Path, out_dir: Path, cell_timeout: int) -> float:
+def children_cpu_seconds() -> float:
+    """User + system CPU time of this process's finished children (the kernels, once shut down)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform (Windows)
+        return float("nan")
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(path: Path, out_dir: Path, cell_timeout: int) -> tuple[float, float]:
+    """(wall seconds, kernel CPU seconds) of executing `path` into out_dir."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, kernel_name="python3", timeout=cell_timeout,
                             resources={"metadata": {"path": str(out_dir)}})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu_seconds()
     try:
-        client.execute()
+        client.execute()  # starts a kernel, runs every cell, shuts the kernel down (and reaps it)
     finally:
         nbformat.write(nb, out_dir / path.name)  # the executed copy, also when a cell failed
-    return time.perf_counter() - start
+    return time.perf_counter() - start, children_cpu_seconds() - cpu
 
 
 def main(argv=None) -> int:
@@ -70,19 +83,20 @@ def main(argv=None) -> int:
     times, failed = [], None
     for path in paths:
         print(f"{path.name} ...", flush=True)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         try:
-            seconds = run(path, args.out, args.cell_timeout)
+            seconds, cpu = run(path, args.out, args.cell_timeout)
         except CellExecutionError as error:
             failed = path.name
             print(f"{path.name} FAILED (executed copy in {args.out / path.name}):\n{error}", file=sys.stderr)
             break
-        times.append((path.name, seconds))
-        print(f"{path.name}: {seconds:.0f} s", flush=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nrun times (load average {load:.1f}, {os.cpu_count()} cores):")
-    for name, seconds in times:
+        load = (load + (os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"))) / 2
+        times.append((path.name, seconds, cpu, load))
+        print(f"{path.name}: {seconds:.0f} s, kernel CPU {cpu:.0f} s, load average {load:.1f}", flush=True)
+    print(f"\nrun times ({os.cpu_count()} cores; load average: the mean of the 1-minute figure at start and end):")
+    for name, seconds, cpu, load in times:
         minutes, rest = divmod(round(seconds), 60)
-        print(f"  {name:<40} {minutes} min {rest:02d} s")
+        print(f"  {name:<40} {minutes} min {rest:02d} s   kernel CPU {cpu:6.0f} s   load {load:4.1f}")
     return 1 if failed else 0
 
 

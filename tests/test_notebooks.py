@@ -89,3 +89,15 @@ def test_runner_names_an_empty_folder(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--notebooks", str(tmp_path)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no notebook" in done.stderr
+
+
+def test_runner_reports_the_kernels_cpu_time(tmp_path):
+    """The CPU time printed is the kernel's own: a cell that spins for 1.5 s of CPU shows at least that."""
+    source, out = tmp_path / "nb", tmp_path / "out"
+    source.mkdir()
+    _write(source, "spin.ipynb", "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5:\n    pass")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--notebooks", str(source),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cpu = float(done.stdout.split("spin.ipynb: ")[1].split("kernel CPU ")[1].split(" s")[0])
+    assert cpu >= 1.5, done.stdout
