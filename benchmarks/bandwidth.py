@@ -25,7 +25,9 @@ def weight_bytes_per_token(model) -> int:
     head counted once; the embedding table is not, since a step reads a single row of it)."""
     tensors = {}
     for module in (model.decoder, model.lm_head):
-        for tensor in list(module.parameters()) + list(module.buffers()):
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if name.rpartition(".")[2] == "weight_bf16":  # a quantized layer's prefill copy: not read by a step
+                continue
             tensors[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
     return sum(tensors.values())
 

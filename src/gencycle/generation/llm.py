@@ -52,7 +52,8 @@ class LLM:
     def load(cls, name_or_path: str | Path | None = None, dtype=None, device=None, quantize: str | None = None,
              compile: bool = False) -> "LLM":
         """Load a packaged model name (default: the embedded SmolLM2), an HF folder or a .gguf file.
-        compile: run greedy / sampling steps as compiled graphs (`compile_decoding`)."""
+        compile: run greedy / sampling steps as compiled graphs (`compile_decoding`, ahead of time: a
+        later process with the same weights loads them instead of compiling)."""
         from .. import assets
         from ..checkpoints import load_model
         from ..tokenizer import load_tokenizer
@@ -67,7 +68,7 @@ class LLM:
         tokenizer = load_tokenizer(name_or_path)  # cheap, so a broken tokenizer fails before the weights load
         model = load_model(name_or_path, dtype=dtype, device=device, **extra)
         if compile:
-            compile_decoding(model)
+            compile_decoding(model, packages="auto")  # steps compiled ahead of time, found again by later processes
         path = assets.resolve(name_or_path)
         config = GenerationConfig.from_pretrained(path) if (path / FILE_NAME).is_file() else None
         return cls(model, tokenizer, config)
