@@ -14,36 +14,60 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_this_machine_gets_its_fastest_precision_and_compiled_decoding():
-    choice = inference_defaults()
-    assert choice.device == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert choice.dtype == ("bf16" if native_bf16_matmul(choice.device) else "fp32")
-    assert choice.compile == (defaults.compiler_for(choice.device) is not None)
-    assert choice.description.startswith("gencycle: ") and "\n" not in choice.description
-    assert f"{choice.dtype} weights" in choice.description
-    assert ("compiled decoding" if choice.compile else "eager decoding") in choice.description
-    assert "--dtype" in choice.description and "--no-compile" in choice.description  # how to override
-    assert choice.load_arguments() == {"device": choice.device, "dtype": choice.dtype, "compile": choice.compile}
+    for sampling in (False, True):
+        choice = inference_defaults(sampling=sampling)
+        assert choice.device == ("cuda" if torch.cuda.is_available() else "cpu")
+        assert choice.dtype == ("bf16" if sampling and native_bf16_matmul(choice.device) else "fp32")
+        assert choice.compile == (defaults.compiler_for(choice.device) is not None)
+        assert choice.description.startswith("gencycle: ") and "\n" not in choice.description
+        assert f"{choice.dtype} weights" in choice.description
+        assert ("compiled decoding" if choice.compile else "eager decoding") in choice.description
+        assert "--dtype" in choice.description and "--no-compile" in choice.description  # how to override
+        assert choice.load_arguments() == {"device": choice.device, "dtype": choice.dtype, "compile": choice.compile}
 
 
-def test_a_cpu_with_native_bf16_gets_bf16_and_one_without_gets_fp32(monkeypatch):
+def test_bf16_only_when_sampling_on_a_cpu_with_native_bf16(monkeypatch):
+    """Greedy decoding keeps fp32 (bf16 changes greedy tokens after near-ties) and says bf16 is there."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": True)
     monkeypatch.setattr(defaults, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "avx512_bf16"}))
-    choice = inference_defaults()
+    choice = inference_defaults(sampling=True)
     assert (choice.device, choice.dtype) == ("cpu", "bf16")
-    assert "bf16 weights (AMX-BF16, AVX512-BF16 here)" in choice.description
+    assert "bf16 weights (AMX-BF16, AVX512-BF16 here; sampling)" in choice.description
+    greedy = inference_defaults()
+    assert greedy.dtype == "fp32"
+    assert "fp32 weights (greedy decoding keeps fp32's tokens; bf16 is native here (AMX-BF16, AVX512-BF16)" \
+        in greedy.description and "--dtype bf16" in greedy.description
     monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": False)
-    choice = inference_defaults()
-    assert choice.dtype == "fp32" and "fp32 weights (no native bf16 matrix products here)" in choice.description
+    for sampling in (False, True):
+        choice = inference_defaults(sampling=sampling)
+        assert choice.dtype == "fp32" and "fp32 weights (no native bf16 matrix products here)" in choice.description
 
 
 def test_a_gpu_is_picked_when_present(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": torch.device(device).type == "cuda")
     monkeypatch.setattr(defaults, "compiler_for", lambda device: "Triton")
-    choice = inference_defaults()
+    choice = inference_defaults(sampling=True)
     assert (choice.device, choice.dtype, choice.compile) == ("cuda", "bf16", True)
-    assert choice.description.startswith("gencycle: cuda (a GPU is there), bf16 weights (CUDA bf16 here)")
+    assert choice.description.startswith("gencycle: cuda (a GPU is there), bf16 weights (CUDA bf16 here; sampling)")
+    assert inference_defaults().dtype == "fp32"
+
+
+def test_a_small_model_decodes_eagerly_unless_asked():
+    small = defaults.MIN_COMPILED_ELEMENTS - 1
+    if defaults.compiler_for("cpu") is not None:
+        assert inference_defaults(device="cpu", model_size=defaults.MIN_COMPILED_ELEMENTS).compile
+    choice = inference_defaults(device="cpu", model_size=small)
+    assert not choice.compile
+    if defaults.compiler_for("cpu") is not None:
+        assert f"eager decoding (a model of {small:,} weights decodes faster than it compiles)" in choice.description
+    assert inference_defaults(device="cpu", compile=True, model_size=small).compile  # asked: kept
+    model = tiny(torch.float32)
+    assert defaults.model_elements(model) == sum(p.numel() for p in model.parameters()) + \
+        sum(b.numel() for b in model.buffers())
+    quantize_model(model, "int8")  # int8 weights are buffers, and count
+    assert defaults.model_elements(model) > sum(p.numel() for p in model.parameters())
 
 
 def test_what_is_given_is_kept_and_said_so():
@@ -79,7 +103,7 @@ def tiny(dtype) -> gencycle.Transformer:
 def test_compiled_decoding_equals_eager_for_every_default(monkeypatch, native_bf16, quantize):
     """Each precision the defaults can choose, compiled as they choose it, gives eager's greedy tokens."""
     monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": native_bf16)
-    choice = inference_defaults(device="cpu", quantize=quantize)
+    choice = inference_defaults(device="cpu", quantize=quantize, sampling=True)  # sampling: bf16 where native
     assert choice.compile and choice.dtype == ("bf16" if native_bf16 and quantize is None else "fp32")
     model = tiny({"bf16": torch.bfloat16, "fp32": torch.float32}[choice.dtype])
     if quantize:
@@ -90,3 +114,48 @@ def test_compiled_decoding_equals_eager_for_every_default(monkeypatch, native_bf
         gencycle.compile_decoding(model)
         compiled = gencycle.generate(model, ids, max_new_tokens=8, min_new_tokens=8)
     assert torch.equal(compiled, eager)
+
+
+def cli(args, capsys):
+    from gencycle.cli import main
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_prints_its_defaults_and_keeps_fp32_greedy_tokens(tmp_path, capsys):
+    """`gencycle generate` says in one stderr line what it chose; greedy text is fp32's (the tiny model
+    decodes eagerly: it is below MIN_COMPILED_ELEMENTS); flags override each choice and are said so."""
+    from tiny_llm import save_tiny_chat_model
+    folder = save_tiny_chat_model(tmp_path / "chat")
+    reference = gencycle.LLM.load(folder, dtype="fp32", device="cpu").chat([{"role": "user", "content": "hello"}],
+                                                                          max_new_tokens=8)
+    code, out, err = cli(["generate", str(folder), "hello", "--max-new-tokens", "8"], capsys)
+    assert code == 0, err
+    assert out == reference + "\n"
+    line = next(line for line in err.splitlines() if line.startswith("gencycle: "))
+    assert "fp32 weights" in line and "eager decoding (a model of" in line and "--no-compile" in line
+    code, out, err = cli(["generate", str(folder), "hello", "--max-new-tokens", "8", "--dtype", "bf16",
+                          "--no-compile", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "gencycle: cpu (as asked), bf16 weights (as asked), eager decoding (as asked)" in err
+    code, out, err = cli(["generate", str(folder), "hello", "--max-new-tokens", "8", "--do-sample", "--seed", "1",
+                          "--no-compile"], capsys)
+    assert code == 0, err
+    assert ("bf16 weights" if native_bf16_matmul("cpu") and not torch.cuda.is_available() else "fp32 weights") in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cpp_compiler(), reason="compiled decoding on CPU needs a C++ compiler")
+def test_smollm2_generate_defaults_give_fp32_eager_greedy_text_on_shipped_prompts(capsys):
+    """SmolLM2-135M through `gencycle generate` with nothing chosen (compiled ahead of time where a
+    compiler is there, fp32 for greedy): the text equals eager fp32's on shipped test dialogues' first
+    turns. The first run builds the step library (minutes on 2 cores), later runs load it."""
+    from gencycle.data.dialogsum import load_shipped
+    eager = gencycle.LLM.load("smollm2-135m-instruct", dtype="fp32", device="cpu")
+    prompts = [example.dialogue.splitlines()[0].split(": ", 1)[1] for example in load_shipped("test")[:3]]
+    for prompt in prompts:
+        code, out, err = cli(["generate", "smollm2-135m-instruct", prompt, "--max-new-tokens", "24"], capsys)
+        assert code == 0, err
+        assert "compiled decoding" in err and "fp32 weights" in err
+        assert out == eager.chat([{"role": "user", "content": prompt}], max_new_tokens=24) + "\n", prompt

@@ -9,6 +9,7 @@ prompt as is, so --system needs the template). Prompts must be UTF-8 text.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 
@@ -40,13 +41,17 @@ def _add_generation_options(parser) -> None:
     group.add_argument("--stop", action="append", help="stop string, repeatable; it is not printed (default: none)")
     group.add_argument("--seed", type=number(int), help="seeds sampling, >= 0 (default: a fresh seed each run)")
     model = parser.add_argument_group("model")
-    model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="weights dtype (default: fp32)")
+    model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                       help="weights dtype (default: fp32; with --do-sample bf16 where the CPU or GPU has native "
+                            "bf16 matrix products: the chosen defaults are printed on stderr)")
     model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     model.add_argument("--quantize", choices=["int8", "int4"],
                        help="weight-only quantization for inference (default: none)")
-    model.add_argument("--compile", action="store_true",
-                       help="compile the decoding step (torch.compile): much faster tokens/s after a first "
-                            "compilation of 10-60 s per batch size and length bucket (cached on disk) (default: off)")
+    model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="compiled decoding steps, built ahead of time: much faster tokens/s; the first run per "
+                            "model and length bucket compiles (minutes on 2 cores), later runs load the library in "
+                            "under a second (default: on where a C++ compiler / Triton is there and the model has "
+                            ">= 10M weights)")
     model.add_argument("--system", help="system message for the chat template (default: none)")
 
 
@@ -91,7 +96,7 @@ def _load(args, overrides: dict):
     the rule of `LLM.generate` and transformers."""
     from ..generation import LLM
     from ..generation.llm import ignored_settings
-    llm = LLM.load(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize, compile=args.compile)
+    llm = _load_with_defaults(args, sampling=bool(overrides.get("do_sample")))
     config = llm.generation_config.replace(**overrides)
     ignored = ignored_settings(config, overrides)
     if ignored:
@@ -100,6 +105,23 @@ def _load(args, overrides: dict):
                       f"{'beam search' if config.num_beams > 1 else 'greedy'}")
         for item in ignored:
             overrides.pop(item.split("=")[0])
+    return llm
+
+
+def _load_with_defaults(args, sampling: bool):
+    """LLM.load with the inference defaults (generation/defaults.py) for what the flags leave open; the
+    choice is printed on stderr in one line."""
+    from ..generation import LLM
+    from ..generation.compiled import compile_decoding
+    from ..generation.defaults import inference_defaults, model_elements
+    asked = {"device": args.device, "dtype": args.dtype, "compile": args.compile, "quantize": args.quantize,
+             "sampling": sampling}
+    choice = inference_defaults(**asked)
+    llm = LLM.load(args.model, dtype=choice.dtype, device=choice.device, quantize=args.quantize)
+    choice = inference_defaults(**asked, model_size=model_elements(llm.model))  # the same choice, and compile?
+    if choice.compile:
+        compile_decoding(llm.model, packages="auto")  # ahead of time: a later process loads the steps
+    print(choice.description, file=sys.stderr, flush=True)
     return llm
 
 

@@ -3,24 +3,29 @@
 
     choice = inference_defaults()                      # nothing given: all chosen here
     print(choice.description)
-    # gencycle: cpu (no GPU), bf16 weights (AMX-BF16, AVX512-BF16 here), compiled decoding (torch.compile
-    # with g++); override with --device, --dtype fp32|bf16, --compile / --no-compile
+    # gencycle: cpu (no GPU), fp32 weights (greedy decoding keeps fp32's tokens; bf16 is native here
+    # (AMX-BF16, AVX512-BF16) and faster: --dtype bf16), compiled decoding (torch.compile with g++); ...
     llm = LLM.load(name, **choice.load_arguments())
     inference_defaults(dtype="fp32", compile=False)    # what the user gave is kept, and said so
+    inference_defaults(sampling=True)                  # sampling: bf16 where it is native
 
 The rules:
 - device: CUDA when a GPU is there, else the CPU;
-- precision: bf16 where bf16 matrix products are native (CUDA with bf16 support, a CPU with
-  AMX-BF16 or AVX512-BF16: there bf16 prefill is about 2x fp32 and bf16 decoding 1.5-2x, see
-  benchmarks/RESULTS.md), fp32 elsewhere (a CPU without them emulates bf16, slower than fp32).
+- precision: fp32 for greedy decoding (and for a server, which answers greedy requests too):
+  bf16 changes greedy tokens after near-ties (on the shipped test dialogues about a quarter of
+  SmolLM2's greedy tokens differ from fp32's, benchmarks/RESULTS.md), and the defaults must not
+  change what a greedy run printed before. When sampling, bf16 where bf16 matrix products are native
+  (CUDA with bf16 support, a CPU with AMX-BF16 or AVX512-BF16: there bf16 prefill is about 2x fp32
+  and bf16 decoding 1.5-2x), fp32 elsewhere (a CPU without them emulates bf16, slower than fp32).
   With weight-only quantization (int8 / int4) the layers that stay float keep fp32: the quantized
   layers choose their own kernels, and their prefill copy is bf16 anyway (model/quantize.py);
-- decoding: compiled steps (`compile_decoding`) where torch.compile can build them: a C++
-  compiler for the CPU, Triton for CUDA. Compiled steps give the tokens eager decoding gives
-  (tests/test_compiled_decoding.py); the first call per batch size and cache size compiles.
-
-Greedy tokens are what each precision gives: bf16 differs from fp32 after near-ties (about every
-30th token on SmolLM2, benchmarks/RESULTS.md), so whoever needs fp32's tokens asks for fp32.
+- decoding: compiled steps (`compile_decoding`) where torch.compile can build them (a C++
+  compiler for the CPU, Triton for CUDA) and the model is large enough to repay it (at least
+  MIN_COMPILED_ELEMENTS weights: below, a step takes microseconds and compiling takes longer
+  than any generation). Compiled steps give the tokens eager decoding gives
+  (tests/test_compiled_decoding.py, tests/test_defaults.py); the command line compiles them ahead
+  of time (`packages="auto"`): the first run per batch size and cache size builds a library
+  (minutes on 2 cores), later processes load it in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import torch
 from ..model.quantize import cpu_flags, native_bf16_matmul
 
 DTYPES = ("fp32", "bf16", "fp16")
+MIN_COMPILED_ELEMENTS = 10_000_000  # weights (parameters + buffers) below which decoding stays eager
 
 
 @dataclass(frozen=True)
@@ -69,9 +75,19 @@ def compiler_for(device: str) -> str | None:
     return next((name for name in ("g++", "clang++", "c++") if shutil.which(name)), None)
 
 
+def model_elements(model) -> int:
+    """How many weights a model holds (parameters and buffers: int8 / int4 weights are buffers),
+    without a quantized layer's bf16 prefill copy."""
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    return sum(t.numel() for name, t in tensors if name.rpartition(".")[2] != "weight_bf16")
+
+
 def inference_defaults(device: str | None = None, dtype: str | None = None, compile: bool | None = None,
-                       quantize: str | None = None) -> InferenceDefaults:
-    """Fill in what was not given (None) by the rules of the module docstring; what was given is kept."""
+                       quantize: str | None = None, sampling: bool = False,
+                       model_size: int | None = None) -> InferenceDefaults:
+    """Fill in what was not given (None) by the rules of the module docstring; what was given is kept.
+    sampling: the run samples (bf16 is then chosen where native); model_size: the loaded model's
+    `model_elements`, when known (a smaller model than MIN_COMPILED_ELEMENTS decodes eagerly)."""
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     parts = []
@@ -87,17 +103,26 @@ def inference_defaults(device: str | None = None, dtype: str | None = None, comp
         parts.append(f"{quantize} layers with fp32 around them")
     else:
         hardware = bf16_hardware(device)
-        dtype = "bf16" if hardware else "fp32"
-        parts.append(f"bf16 weights ({hardware} here)" if hardware
-                     else "fp32 weights (no native bf16 matrix products here)")
+        dtype = "bf16" if hardware and sampling else "fp32"
+        if dtype == "bf16":
+            parts.append(f"bf16 weights ({hardware} here; sampling)")
+        elif hardware:
+            parts.append(f"fp32 weights (greedy decoding keeps fp32's tokens; bf16 is native here ({hardware}) "
+                         "and faster, with other tokens after near-ties: --dtype bf16)")
+        else:
+            parts.append("fp32 weights (no native bf16 matrix products here)")
     if compile is not None:
         parts.append(f"{'compiled' if compile else 'eager'} decoding (as asked)")
     else:
         tool = compiler_for(device)
-        compile = tool is not None
-        parts.append(f"compiled decoding (torch.compile with {tool})" if compile
-                     else "eager decoding (torch.compile has no " + ("Triton" if device.startswith("cuda")
-                                                                    else "C++ compiler") + " here)")
+        compile = tool is not None and (model_size is None or model_size >= MIN_COMPILED_ELEMENTS)
+        if compile:
+            parts.append(f"compiled decoding (torch.compile with {tool})")
+        elif tool is None:
+            parts.append("eager decoding (torch.compile has no " + ("Triton" if device.startswith("cuda")
+                                                                   else "C++ compiler") + " here)")
+        else:
+            parts.append(f"eager decoding (a model of {model_size:,} weights decodes faster than it compiles)")
     description = ("gencycle: " + ", ".join(parts)
                    + "; override with --device, --dtype fp32|bf16, --compile / --no-compile")
     return InferenceDefaults(device, dtype, compile, description)
