@@ -44,12 +44,18 @@ test-all: $(BIN)/.installed
 notebooks: $(BIN)/.installed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python scripts/run_notebooks.py
 
-# generation speed + quantization quality, then fine-tuning speed and memory (full and LoRA)
+# issue 17's table and goals (generation speed of every precision, llama.cpp, second-process start), quantization
+# quality, then fine-tuning speed and memory (full and LoRA), PPO and pretraining. `make bench-speed`: only the first.
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.train_bench
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.ppo_bench
 	$(BIN)/python -m benchmarks.pretrain_bench
+
+# issue 17's table and goals alone (SmolLM2 only, no quality part): about 30-50 minutes on 2 busy cores
+.PHONY: bench-speed
+bench-speed: $(BIN)/.installed
+	$(BIN)/python -m benchmarks --only speed start
 
 # DPO against TRL's DPOTrainer: same SmolLM2 weights, pairs and LoRA; tokens/s, peak memory, first-step loss
 bench-dpo: $(BIN)/.installed
@@ -109,9 +115,16 @@ bench-rag: $(BIN)/.installed
 bench-pal: $(BIN)/.installed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.pal_bench
 
-# llama.cpp on the same GGUF file: builds llama-cpp-python from source (about 10 minutes on 2 cores)
+# llama.cpp on the same GGUF file: builds llama-cpp-python from source (about 10 minutes on 2 cores) with
+# GGML_NATIVE=OFF, AVX-512 on and AMX off (llama.cpp's AMX path segfaults on this project's Xeon at the first
+# generated token); a build whose system info lists AMX is built again the same way.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
 bench-peers: $(BIN)/.installed
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/$(PIP) llama-cpp-python
+	@echo "bench-peers: llama-cpp-python built from source with CMAKE_ARGS=\"$(LLAMA_CMAKE_ARGS)\" (AVX-512 on, AMX off)"
+	$(BIN)/python -c "import llama_cpp, sys; sys.exit(b'AMX' in llama_cpp.llama_print_system_info())" 2>/dev/null || \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/$(PIP) --force-reinstall --no-deps --no-binary llama-cpp-python \
+		--no-cache-dir llama-cpp-python
+	$(BIN)/python -c "import llama_cpp; print('llama.cpp system info:', llama_cpp.llama_print_system_info().decode())"
 	$(BIN)/python -m benchmarks.peers
 
 # gencycle serve vs llama.cpp's llama-server, 1/4/8/16 concurrent streaming clients (builds llama-server
