@@ -87,29 +87,6 @@ BAD_PATHS = {
     "image": ["{empty}"],
     "tokenizer": ["{file}"],   # pretrain trains a tokenizer into a missing or empty folder
 }
-# Cases found failing in verbs this issue does not own (issue 12's table, run on 2026-12-01), reported
-# to their owners: not run here. Each is either a bad value accepted, or a 0 the help does not explain.
-ACCEPTED = "accepted (exit 0): refuse it up front"
-UNEXPLAINED = "accepted: refuse it, or say in the help what 0 means"
-LATE = "found only after the server started (exit 1): check the model path before serving"
-REPORTED: dict[str, str] = {
-    **{f"pretrain --tokenizer-vocab-size {v}": ACCEPTED for v in ("0", "-1")},
-    "pretrain --temperature 0": UNEXPLAINED,
-    **{f"rlhf --{name} 0": UNEXPLAINED for name in ("kl-coef", "gamma", "vf-coef", "samples-per-step", "eval-seed")},
-    "rlhf --eval-seed -1": ACCEPTED,
-    "serve --port 0": UNEXPLAINED, "serve --max-queue 0": UNEXPLAINED,
-    **{f"tokenizer train --{name} {v}": ACCEPTED for name in ("extra-ids", "min-frequency", "model-max-length")
-       for v in ("0", "-1")},
-    "serve 0 file": LATE, "serve 0 empty": LATE,
-    **{f"agent --max-new-tokens {v}": ACCEPTED for v in ("0", "-1")},
-    "rag index --chunk-overlap 0": UNEXPLAINED,
-    **{f"rag {verb} --top-k {v}": "refused, but the message names `k`, not --top-k" for verb in ("search", "ask")
-       for v in ("0", "-1")},
-    "rag search --rrf-k 0": UNEXPLAINED, "rag search --chars 0": ACCEPTED, "rag search --chars -1": ACCEPTED,
-    "rag ask --context-tokens 0": ACCEPTED,
-    "rag ask --context-tokens -1": "refused after the model loaded, and the message does not name --context-tokens",
-}
-
 ZERO = re.compile(r"(?<![\w.<>])(?<![<>] )0(?:\.0+)?(?![\w]|\.\d)")
 
 
@@ -146,10 +123,8 @@ def numeric_cases():
                 if documents(action, value):
                     continue
                 count = action.nargs if isinstance(action.nargs, int) else 1
-                case = f"{verb} {flag} {value}"
-                marks = [pytest.mark.xfail(run=False, reason=REPORTED[case])] if case in REPORTED else []
                 yield pytest.param(verb, [f"{flag}={value}"] if count == 1 else [flag, *[value] * count],
-                                   (flag, action.dest), id=case, marks=marks)
+                                   (flag, action.dest), id=f"{verb} {flag} {value}")
 
 
 def path_cases():
@@ -157,9 +132,7 @@ def path_cases():
         if verb not in PARSERS:
             continue
         for bad in BAD_PATHS[kind]:
-            case = f"{verb} {where} {bad.strip('{}')}"
-            marks = [pytest.mark.xfail(run=False, reason=REPORTED[case])] if case in REPORTED else []
-            yield pytest.param(verb, where, bad, id=case, marks=marks)
+            yield pytest.param(verb, where, bad, id=f"{verb} {where} {bad.strip('{}')}")
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import warnings
 
@@ -39,6 +40,7 @@ COMMAND_MODULES = [
 # missing, unreadable and unwritable files, which a command reports by name.
 USER_ERRORS = (ValueError, OSError)
 EPILOG = "Errors exit with status 2; GENCYCLE_DEBUG=1 shows their traceback."
+FIELD_FIRST = re.compile(r"([a-z][a-z0-9]*(?:_[a-z0-9]+)*) (?=must |should |is |has )")  # "top_p must be ..."
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,12 @@ def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser = sub.choices[getattr(args, sub.dest)]
 
 
+def _flag(action: argparse.Action) -> str:
+    """The long name of a flag: --lowercase of --lowercase / --no-lowercase."""
+    names = [name for name in action.option_strings if not name.startswith("--no-")] or action.option_strings
+    return max(names, key=len)
+
+
 def describe(error: BaseException, parser: argparse.ArgumentParser | None = None) -> str:
     """One line for the user: the message, with the flag of the option it is about."""
     from ..errors import OptionError
@@ -68,14 +76,21 @@ def describe(error: BaseException, parser: argparse.ArgumentParser | None = None
         message = str(error) or type(error).__name__
     if isinstance(error, UnicodeDecodeError):
         message = f"input is not UTF-8 text ({error.reason} at byte {error.start})"
-    if isinstance(error, OptionError) and parser is not None:
-        flag = "--" + error.option.replace("_", "-")
-        positional = next((a for a in parser._actions if not a.option_strings and a.dest == error.option), None)
+    option = error.option if isinstance(error, OptionError) else None
+    if option is None and isinstance(error, ValueError) and parser is not None:
+        # a config's own check words it with the field name ("top_p must be ..."): name the flag instead
+        field = FIELD_FIRST.match(message)
+        if field and any(a.dest == field[1] and a.option_strings for a in parser._actions):
+            option = field[1]
+    if option is not None and parser is not None:
+        flag = next((_flag(a) for a in parser._actions if a.dest == option and a.option_strings),
+                    "--" + option.replace("_", "-"))
+        positional = next((a for a in parser._actions if not a.option_strings and a.dest == option), None)
         if any(flag in action.option_strings for action in parser._actions):
-            message = f"argument {flag}: {message.removeprefix(error.option + ' ')}"  # as argparse words it
+            message = f"argument {flag}: {message.removeprefix(option + ' ')}"  # as argparse words it
         elif positional is not None:
             name = positional.metavar if isinstance(positional.metavar, str) else positional.dest
-            message = f"argument {name}: {message.removeprefix(error.option + ' ')}"
+            message = f"argument {name}: {message.removeprefix(option + ' ')}"
     return message
 
 

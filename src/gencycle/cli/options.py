@@ -41,8 +41,9 @@ def _kinds(hint) -> list:
     return [hint]
 
 
-def number(kind: type, optional: bool = False):
-    """An argparse type: a finite int / float (and `none` -> None when the option is optional)."""
+def number(kind: type, optional: bool = False, minimum: int | float | None = None):
+    """An argparse type: a finite int / float (and `none` -> None when the option is optional), at
+    least `minimum` when one is given (argparse then names the flag: "argument --x: must be ...")."""
     def parse(text: str):
         if optional and text.strip().lower() == "none":
             return None
@@ -53,6 +54,9 @@ def number(kind: type, optional: bool = False):
                                              + (" (or none)" if optional else "")) from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if minimum is not None and value < minimum:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} >= {minimum}, got {text}")
         return value
     parse.__name__ = kind.__name__
     return parse

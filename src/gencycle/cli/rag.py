@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..assets import DEFAULT_MODEL
-from .options import add_config_arguments, config_from_args
+from .options import add_config_arguments, config_from_args, number
 
 INDEX = """\
 Index DOCS (a folder of .txt / .md / .jsonl files, one such file, or `shipped`: the shipped
@@ -22,7 +22,8 @@ Files that are not UTF-8 are named and skipped.
 
 SEARCH = """\
 The best chunks of the index for QUERY, with their scores and where they are (path, line range,
-JSONL record): dense (cosine of embeddings), bm25, or hybrid (reciprocal rank fusion).
+JSONL record): dense (cosine of embeddings), bm25, or hybrid (both: min-max scaled scores
+averaged by default, --fusion rrf for reciprocal rank fusion).
 """
 
 ASK = """\
@@ -51,7 +52,8 @@ def register(subparsers) -> None:
     search.add_argument("index_path", metavar="PATH", help="the index folder")
     search.add_argument("query", help="what to look for")
     add_config_arguments(search, SearchConfig())
-    search.add_argument("--chars", type=int, default=160, help="characters of each chunk to show (default: 160)")
+    search.add_argument("--chars", type=number(int, minimum=4), default=160,
+                        help="characters of each chunk to show, >= 4 (default: 160)")
     search.set_defaults(func=run_search)
 
     ask = commands.add_parser("ask", help="answer a question from the index, citing its sources",
@@ -86,7 +88,7 @@ def run_search(args) -> None:
     from ..integrate.retrieval import Retriever, SearchConfig
     _rag_dependencies()
     config = config_from_args(SearchConfig(), args)
-    retriever = Retriever(args.index_path, rrf_k=config.rrf_k)
+    retriever = Retriever(args.index_path, rrf_k=config.rrf_k, fusion=config.fusion)
     try:
         hits = retriever.search(args.query, config.top_k, config.mode)
     finally:

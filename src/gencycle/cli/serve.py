@@ -33,19 +33,28 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def check_model(name_or_path) -> None:
+    """Refuse a model that cannot load (a missing path, a file that is not .gguf, a folder without
+    config.json or weights) before any work: the server loads it only after it has started."""
     from ..assets import resolve
+    from ..checkpoints import WEIGHT_FILES, load_config
+    from ..errors import UserError
+    path = resolve(name_or_path)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"{str(path)!r} is a file, not a model: give a model folder (with config.json) "
+                            "or a .gguf file")
+        return
+    load_config(path)  # config.json is there, is JSON, and names a supported family
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise UserError(f"no weights file in {str(path)!r}: looked for {', '.join(WEIGHT_FILES)}")
+
+
+def run(args) -> int:
     from ..serve import serve
     from ..serve.config import ServeConfig
-    config = config_from_args(ServeConfig(), args)
-    for name in ("max_concurrency", "max_body_bytes"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    if config.max_queue < 0:
-        raise ValueError(f"--max-queue must be >= 0, got {config.max_queue}")
-    if not 0 <= config.port < 65536:
-        raise ValueError(f"--port must be in [0, 65535], got {config.port}")
-    resolve(DEFAULT_MODEL if args.model is None else args.model)  # a missing model fails before the server starts
+    config = config_from_args(ServeConfig(), args)  # ServeConfig checks the values (port, limits, device)
+    check_model(DEFAULT_MODEL if args.model is None else args.model)  # before the server starts
     if config.embedding_model not in (None, "none", "all-minilm-l6-v2"):
-        resolve(config.embedding_model)
+        check_model(config.embedding_model)
     return serve(args.model, config)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import number
+
 DESCRIPTION = """\
 Train a tokenizer on the UTF-8 text of FILES (a .jsonl file gives the string values of its
 records): byte-level BPE like GPT-2, WordPiece like BERT, or Unigram like T5 (with T5's
@@ -22,15 +24,17 @@ def register(subparsers) -> None:
     train.add_argument("files", nargs="+", help="corpus files: UTF-8 text, or .jsonl records")
     train.add_argument("--kind", choices=KINDS, default="bpe",
                        help="bpe (GPT-2, byte-level), wordpiece (BERT) or unigram (T5) (default: bpe)")
-    train.add_argument("--vocab-size", type=int, required=True, help="ids in all, special tokens included")
+    train.add_argument("--vocab-size", type=number(int, minimum=1), required=True,
+                       help="ids in all, special tokens included")
     train.add_argument("--out", required=True, help="folder to write the tokenizer to")
     train.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=True,
                        help="wordpiece: lowercase and strip accents, BERT uncased (default: on)")
-    train.add_argument("--extra-ids", type=int, default=100, help="unigram: T5's sentinel tokens (default: 100)")
-    train.add_argument("--min-frequency", type=int, default=2,
-                       help="bpe / wordpiece: learn no merge seen fewer times (default: 2)")
-    train.add_argument("--model-max-length", type=int,
-                       help="context length the config states (default: 1024 for bpe, 512 otherwise)")
+    train.add_argument("--extra-ids", type=number(int, minimum=0), default=100,
+                       help="unigram: T5's sentinel tokens <extra_id_N>, >= 0 (0: none) (default: 100)")
+    train.add_argument("--min-frequency", type=number(int, minimum=1), default=2,
+                       help="bpe / wordpiece: learn no merge seen fewer times, >= 1 (default: 2)")
+    train.add_argument("--model-max-length", type=number(int, minimum=1),
+                       help="context length the config states, >= 1 (default: 1024 for bpe, 512 otherwise)")
     train.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                        help="show the trainer's progress bar (default: on)")
     train.set_defaults(func=run_train)

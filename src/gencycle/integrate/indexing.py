@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..assets import DEFAULT_ENCODER
+from ..errors import OptionError
 from .chunking import Chunk, check_sizes, chunk_document
 from .documents import file_hash, list_files, read_file
 from .embeddings import SentenceEncoder, embedder_name
@@ -35,17 +36,31 @@ class IndexConfig:
     embedder: str = DEFAULT_ENCODER
     """encoder (BERT family) that embeds the chunks: a model folder or packaged name"""
     chunk_tokens: int = 200
-    """tokens per chunk at most, counted by the embedder's tokenizer"""
+    """tokens per chunk at most, counted by the embedder's tokenizer, >= 1"""
     chunk_overlap: int = 40
-    """tokens that consecutive chunks of a document share"""
+    """tokens that consecutive chunks of a document share, less than --chunk-tokens (0: none)"""
     batch_size: int = 32
-    """chunks per embedding batch"""
+    """chunks per embedding batch, >= 1"""
     rebuild: bool = False
     """start the index afresh (to change the embedder or the chunk sizes)"""
     device: str | None = None
     """cpu, cuda, ... for the embedder (default: the GPU when there is one)"""
     progress: bool = True
     """show a progress bar while embedding"""
+
+    def __post_init__(self):
+        for name, minimum in (("chunk_tokens", 1), ("chunk_overlap", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise OptionError(name, f"must be an integer >= {minimum}", value)
+        if self.chunk_overlap >= self.chunk_tokens:
+            raise OptionError("chunk_overlap", f"must be less than chunk_tokens ({self.chunk_tokens})",
+                              self.chunk_overlap)
+        if not isinstance(self.embedder, str) or not self.embedder.strip():
+            raise OptionError("embedder", "must name an encoder: a model folder or packaged name", self.embedder)
+        if self.device is not None:
+            from ..checkpoints.devices import resolve_device
+            resolve_device(self.device)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..errors import OptionError
 from .index import location
 from .retrieval import Hit, Retriever
 
@@ -36,15 +37,29 @@ class RagConfig:
     """Retrieval and answering settings of `gencycle rag ask`."""
 
     top_k: int = 3
-    """passages to retrieve (the prompt keeps as many as fit, best first)"""
+    """passages to retrieve, >= 1 (the prompt keeps as many as fit, best first)"""
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
-    """retrieval: dense (cosine of embeddings), bm25 (lexical) or hybrid (reciprocal rank fusion)"""
+    """retrieval: dense (cosine of embeddings), bm25 (lexical) or hybrid (both, relative score fusion)"""
     max_new_tokens: int = 96
-    """tokens the answer may take (reserved in the context window)"""
+    """tokens the answer may take, >= 1 (reserved in the context window)"""
     context_tokens: int | None = None
-    """prompt plus answer budget in tokens (default: the model's context window)"""
+    """prompt plus answer budget in tokens, more than --max-new-tokens (default: the model's context
+    window; a larger budget is cut to the window)"""
     answer_prefix: str = "According to source ["
     """text the reply starts with (part of the answer), so that a small model names a source; "" for none"""
+
+    def __post_init__(self):
+        for name in ("top_k", "max_new_tokens", "context_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise OptionError(name, "must be an integer >= 1", value)
+        if self.mode not in ("hybrid", "dense", "bm25"):
+            raise OptionError("mode", "must be hybrid, dense or bm25", self.mode)
+        if self.context_tokens is not None and self.context_tokens <= self.max_new_tokens:
+            raise OptionError("context_tokens", f"must be more than max_new_tokens ({self.max_new_tokens}), which "
+                              "it keeps for the answer", self.context_tokens)
+        if not isinstance(self.answer_prefix, str):
+            raise OptionError("answer_prefix", "must be text", self.answer_prefix)
 
 
 @dataclass(frozen=True)

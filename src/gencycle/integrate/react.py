@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..errors import OptionError
 from .tools import Tool, ToolInputError
 
 Generate = Callable[[str, Sequence[str]], str]
@@ -38,9 +39,18 @@ class AgentConfig:
     tools: tuple[str, ...] = ("calculator", "python")
     """tools the model may call: calculator, python (the sandbox), search (needs --index)"""
     max_steps: int = 6
-    """model calls at most before the loop stops without an answer"""
+    """model calls at most before the loop stops without an answer, >= 1"""
     max_new_tokens: int = 192
-    """tokens per model call at most"""
+    """tokens per model call at most, >= 1"""
+
+    def __post_init__(self):
+        self.tools = (self.tools,) if isinstance(self.tools, str) else tuple(self.tools)
+        if not self.tools or not all(isinstance(t, str) and t.strip() for t in self.tools):
+            raise OptionError("tools", "must name one tool or more (calculator, python, search)", self.tools)
+        for name in ("max_steps", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(name, "must be an integer >= 1", value)
 
 INSTRUCTIONS = """Answer the question as well as you can. You have these tools:
 

@@ -126,7 +126,7 @@ class SampleConfig:
     sample_tokens: int = 40
     """new tokens per sample"""
     temperature: float = 0.8
-    """sampling temperature"""
+    """sampling temperature, >= 0 (0: greedy, the most likely token each step)"""
     top_k: int = 40
     """sample among the k most likely tokens (0: all)"""
 
