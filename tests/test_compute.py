@@ -173,8 +173,8 @@ def test_bad_estimate_arguments(changes, message):
         compute.estimate(preset("tiny-llama"), **changes)
 
 
-@pytest.mark.parametrize("argv, message", [(["--tokens", "0"], "tokens must be positive"),
-                                           (["--devices", "0"], "devices must be positive"),
+@pytest.mark.parametrize("argv, message", [(["--tokens", "0"], "argument --tokens: must be positive, got 0"),
+                                           (["--devices", "0"], "argument --devices: must be positive, got 0"),
                                            (["--sharding", "zero9"], "unknown sharding 'zero9'")])
 def test_cli_bad_input_is_a_clear_error(capsys, argv, message):
     assert main(["estimate", "tiny-llama", *argv]) == 2
@@ -212,3 +212,14 @@ def test_cli_json_from_a_config_file_and_a_model_folder(tmp_path, capsys):
         assert report["flops"]["tokens"] == 1_000_000
         assert set(report["training"]["activations"]) == {"none", "selective", "full"}
         assert report["compute_optimal"]["budget"] == report["flops"]["dense"]
+
+
+def test_published_shapes_by_name(capsys):
+    shapes = compute.published_shapes()
+    assert compute.num_parameters(shapes["llama2-7b"]) == built_count(shapes["llama2-7b"]) == 6_738_415_616
+    assert compute.num_parameters(shapes["gpt3-175b"]) == compute.num_parameters(GPT3_175B)
+    assert main(["estimate", "llama2-7b", "--dtype", "fp16", "--tokens", "2e12", "--seq", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "6,738,415,616" in out and "KV cache per token (fp16)             512.00 KiB" in out
+    assert main(["estimate", "no-such-model"]) == 2
+    assert "llama2-7b, gpt3-175b" in capsys.readouterr().err

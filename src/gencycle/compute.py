@@ -41,6 +41,23 @@ DEFAULT_PEAK_TFLOPS = 312.0  # an A100's dense bf16 peak
 DEFAULT_MFU = 0.4
 
 
+# ---------------------------------------------------------------- published shapes
+def published_shapes() -> dict[str, ModelConfig]:
+    """Configs of published models too large to build here, for `gencycle estimate NAME`: only
+    their shapes (no weights), from the papers' tables."""
+    from .model.config import preset
+    return {
+        # Touvron et al. 2023 (Llama 2), table 1 and the released config.json: 6,738,415,616 parameters
+        "llama2-7b": ModelConfig(family="llama", vocab_size=32000, hidden_size=4096, num_layers=32, num_heads=32,
+                                 intermediate_size=11008, max_position_embeddings=4096, position="rope",
+                                 norm="rmsnorm", activation="silu", gated_mlp=True, norm_bias=False,
+                                 tie_embeddings=False),
+        # Brown et al. 2020 (GPT-3), table 2.1: 96 layers, d_model 12288, 96 heads, context 2048
+        "gpt3-175b": preset("gpt2-124m", num_layers=96, hidden_size=12288, num_heads=96,
+                            intermediate_size=4 * 12288, max_position_embeddings=2048),
+    }
+
+
 # ---------------------------------------------------------------- checks
 def check_config(config: ModelConfig) -> None:
     """Raise ValueError for a config no transformer can be built from."""

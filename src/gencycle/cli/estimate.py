@@ -14,7 +14,8 @@ from .. import compute
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("estimate", help="parameters, memory, training FLOPs and time, compute-optimal size")
-    p.add_argument("model", help="preset name, packaged model, model folder, .gguf file or config .json")
+    p.add_argument("model", help="preset name (also llama2-7b, gpt3-175b: published shapes), packaged model, "
+                   "model folder, .gguf file or config .json")
     p.add_argument("--tokens", type=count, help="training tokens (default: 20 per parameter)")
     p.add_argument("--batch", type=count, default=1, help="micro-batch per device (default: 1)")
     p.add_argument("--seq", type=count, help="sequence length (default: the context window)")
@@ -45,10 +46,13 @@ def resolve_config(source: str):
     from ..model.config import PRESETS, ModelConfig, preset
     if source in PRESETS:
         return preset(source)
+    shapes = compute.published_shapes()  # llama2-7b, gpt3-175b: shapes only
+    if source in shapes:
+        return shapes[source]
     try:
         path = assets.resolve(source)
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"{error}; nor a preset ({', '.join(PRESETS)})") from None
+        raise FileNotFoundError(f"{error}; nor a preset ({', '.join([*PRESETS, *shapes])})") from None
     from ..checkpoints import family_of, load_config
     if path.is_dir():
         if not (path / "config.json").exists():
