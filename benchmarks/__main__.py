@@ -48,30 +48,34 @@ def main() -> None:
     parts = [f"Machine: {machine()}; CPU flags: {cpu_flag_names()}."]
     runs, llama, chat = [], None, None
     if "speed" in parts_run:
-        use_llama = not args.no_llama and peers.installed()
-        if use_llama:
-            print("llama.cpp on the Q4_1 file, before gencycle ...", flush=True)
-            before = peers.llama_cpp_figures(new_tokens=args.new_tokens, repeat=max(args.repeat, 2))
-        text, runs = speed.main(repeat=args.repeat, new_tokens=args.new_tokens, batches=tuple(args.batches),
-                                models=tuple(args.models), eager=args.eager)
-        if use_llama:
-            print("llama.cpp on the Q4_1 file, after gencycle ...", flush=True)
-            llama = peers.better(before, peers.llama_cpp_figures(new_tokens=args.new_tokens,
-                                                                 repeat=max(args.repeat, 2)))
-            text = text.replace("\n\n", f"\n\n(llama.cpp {llama['version']}: {peers.BUILD}; batch 1, the faster of "
-                                "a measurement before and one after gencycle's)\n\n", 1)
-        else:
-            text += "\n\nllama.cpp: not run (" + ("--no-llama" if args.no_llama else
-                                                 "llama-cpp-python is not installed: `make bench-peers` builds it") + ")."
-        parts.append("## Speed: gencycle vs transformers and llama.cpp (same process, same weights, greedy, "
-                     f"128 prompt + {args.new_tokens} new tokens)\n\n" + text)
+        def speed_part():
+            nonlocal runs, llama
+            use_llama = not args.no_llama and peers.installed()
+            if use_llama:
+                print("llama.cpp on the Q4_1 file, before gencycle ...", flush=True)
+                before = peers.llama_cpp_figures(new_tokens=args.new_tokens, repeat=max(args.repeat, 2))
+            text, runs = speed.main(repeat=args.repeat, new_tokens=args.new_tokens, batches=tuple(args.batches),
+                                    models=tuple(args.models), eager=args.eager)
+            if use_llama:
+                print("llama.cpp on the Q4_1 file, after gencycle ...", flush=True)
+                llama = peers.better(before, peers.llama_cpp_figures(new_tokens=args.new_tokens,
+                                                                     repeat=max(args.repeat, 2)))
+                text = text.replace("\n\n", f"\n\n(llama.cpp {llama['version']}: {peers.BUILD}; batch 1, the faster "
+                                    "of a measurement before and one after gencycle's)\n\n", 1)
+            else:
+                text += "\n\nllama.cpp: not run (" + ("--no-llama" if args.no_llama else "llama-cpp-python is not "
+                                                     "installed: `make bench-peers` builds it") + ")."
+            return text
+        parts.append(run_part("## Speed: gencycle vs transformers and llama.cpp (same process, same weights, greedy, "
+                              f"128 prompt + {args.new_tokens} new tokens)", speed_part))
     if "start" in parts_run:
-        print("fast starts ...", flush=True)
-        text, chat = start.main()
-        parts.append("## Fast starts\n\n" + text)
+        def start_part():
+            nonlocal chat
+            text, chat = start.main()
+            return text
+        parts.append(run_part("## Fast starts", start_part))
     if "quality" in parts_run:
-        print("quality ...", flush=True)
-        parts.append("## Quality of the quantized weights\n\n" + quality.main())
+        parts.append(run_part("## Quality of the quantized weights", quality.main))
     if runs or chat:
         parts.append("## Issue 17's goals\n\n" + speed.goals(runs, llama, chat))
     parts.append(f"Total benchmark time: {(time.time() - begin) / 60:.1f} min. Load average (1 min) at the start: "
@@ -81,6 +85,20 @@ def main() -> None:
     print("\n" + report)
     if args.markdown:
         args.markdown.write_text(report + "\n")
+
+
+def run_part(title: str, part) -> str:
+    """One part's report, printed as soon as it is done; a part that fails says why, and the others still run."""
+    print(f"{title.lstrip('# ')} ...", flush=True)
+    begin = time.time()
+    try:
+        text = part()
+    except Exception as error:  # noqa: BLE001 - a benchmark part's failure is reported, not fatal to the others
+        text = f"FAILED after {(time.time() - begin) / 60:.1f} min: {type(error).__name__}: {error}"
+    else:
+        text += f"\n\n({(time.time() - begin) / 60:.1f} min, load average (1 min) now {os.getloadavg()[0]:.1f})"
+    print(f"\n{title}\n\n{text}\n", flush=True)
+    return f"{title}\n\n{text}"
 
 
 def cpu_flag_names() -> str:

@@ -247,8 +247,17 @@ def goals(runs: list[Run], llama: dict | None, start: dict | None, model: str = 
     if start:
         rows.append(["3. second `gencycle chat --compile`: process start to first token",
                      f"{start['first_token']:.1f} s", "< 5 s", _status(start["first_token"], 5, above=False)])
+        if "eager_first_token" in start:
+            rows.append(["3. ... the same with --no-compile (what a start costs without compiled steps)",
+                         f"{start['eager_first_token']:.1f} s", "(said)", ""])
         rows.append(["3. ... to the end of its 16-token reply (the compiled steps loaded)",
                      f"{start['reply']:.1f} s", "(said)", ""])
+        generate = start.get("generate")
+        if generate:
+            ours, eager = generate["defaults"], generate["--no-compile"]
+            rows.append(["4. `gencycle generate`, 32 tokens, whole process with the defaults: first / second",
+                         f"{ours[0]:.1f} / {ours[-1]:.1f} s", f"(--no-compile: {eager[0]:.1f} / {eager[-1]:.1f} s)",
+                         "said"])
     value = int4.prefill / llama["prefill"] if int4 and llama else None
     rows.append(["5. gencycle int4 / llama.cpp prefill, batch 1", "" if value is None else f"{value:.2f}x",
                  "(printed)", "" if value is None else "printed"])
