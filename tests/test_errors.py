@@ -224,3 +224,35 @@ def test_the_cli_names_an_options_flag_and_keeps_tracebacks_for_bugs(capsys, mon
     monkeypatch.setenv("GENCYCLE_DEBUG", "1")
     with pytest.raises(ValueError, match="LoRA rank"):
         cli(["finetune", "m", "--data", "d", "--lora-rank", "0"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{model}", "hi", "--top-p", "2"], "argument --top-p: must be a number in (0, 1], got 2.0"),
+    (["chat", "{model}", "--top-k=-1"], "argument --top-k: must be an integer >= 0, got -1"),
+    (["generate", "{model}", "hi", "--repetition-penalty", "0"],
+     "argument --repetition-penalty: must be a number > 0 (1.0 = off), got 0.0"),
+    (["generate", "{model}", "hi", "--num-return-sequences", "2"],
+     "argument --num-return-sequences: must be 1 for greedy decoding (got 2)"),
+], ids=["top-p", "top-k", "repetition-penalty", "num-return-sequences"])
+def test_generation_config_errors_name_the_flag_not_the_field(tmp_path, argv, message, capsys):
+    """GenerationConfig words its checks with its field names ("top_p must be ..."); the CLI names the flag."""
+    with pytest.raises(ValueError, match=r"^top_p must be a number in \(0, 1\]"):
+        gencycle.GenerationConfig(top_p=2.0)
+    from tiny_llm import save_tiny_chat_model
+    model = save_tiny_chat_model(tmp_path / "model")  # with a tokenizer: some checks need the model's config
+    assert cli([a.format(model=model) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {message}" in err and "_" not in err.split("error: ")[1].split(":")[0], err
+
+
+def test_a_field_name_that_is_no_flag_of_the_verb_is_left_as_it_is():
+    import argparse
+    from gencycle.cli import describe
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--top-p", dest="top_p", type=float)
+    parser.add_argument("--lowercase", action=argparse.BooleanOptionalAction)
+    assert describe(ValueError("top_p must be in (0, 1], got 2"), parser) == "argument --top-p: must be in (0, 1], got 2"
+    assert describe(ValueError("min_p must be in [0, 1], got 2"), parser) == "min_p must be in [0, 1], got 2"
+    assert describe(ValueError("the file is top_p must"), parser) == "the file is top_p must"  # only a leading name
+    from gencycle.errors import OptionError
+    assert describe(OptionError("lowercase", "needs wordpiece"), parser) == "argument --lowercase: needs wordpiece"
