@@ -4,7 +4,7 @@ hybrid), reciprocal rank fusion, passages, fitting the context window, citations
 import pytest
 
 from gencycle.generation import LLM
-from gencycle.integrate import Retriever, SentenceEncoder, index_documents, reciprocal_rank_fusion
+from gencycle.integrate import Retriever, SentenceEncoder, index_documents, reciprocal_rank_fusion, relative_score_fusion
 from gencycle.integrate.rag import Passage, RagConfig, answer_question, citations, fit_prompt, passages
 from gencycle.integrate.retrieval import Hit
 from tiny_encoder import save_tiny_encoder
@@ -57,6 +57,39 @@ def test_rrf_sums_weight_over_k_plus_rank():
         reciprocal_rank_fusion([[1]], weights=[1, 2])
 
 
+def test_relative_score_fusion_averages_min_max_scaled_scores():
+    dense = [(1, 0.9), (2, 0.8), (3, 0.5)]        # scaled: 1 -> 1, 2 -> 0.75, 3 -> 0
+    lexical = [(3, 12.0), (4, 4.0), (1, 2.0)]     # scaled: 3 -> 1, 4 -> 0.2, 1 -> 0
+    fused = relative_score_fusion([dense, lexical])
+    assert dict(fused) == pytest.approx({1: 0.5, 2: 0.375, 3: 0.5, 4: 0.1})
+    assert [i for i, _ in fused] == [1, 3, 2, 4]  # 1 and 3 tie: first seen first
+    weighted = dict(relative_score_fusion([dense, lexical], weights=[1, 3]))  # a weighted mean
+    assert weighted == pytest.approx({1: 0.25, 2: 0.1875, 3: 0.75, 4: 0.15})
+    # the margins count, not only the places: dense puts 1 barely ahead of 3, BM25 puts 3 far
+    # ahead of 1; RRF sees 1st + 2nd for both (a tie, first seen wins), relative fusion picks 3
+    dense, lexical = [(1, 0.90), (3, 0.89), (2, 0.50)], [(3, 30.0), (1, 3.0), (4, 2.0)]
+    assert dict(relative_score_fusion([dense, lexical])) == pytest.approx(
+        {1: (1 + 1 / 28) / 2, 3: (0.975 + 1) / 2, 2: 0.0, 4: 0.0})
+    assert relative_score_fusion([dense, lexical])[0][0] == 3
+    assert reciprocal_rank_fusion([[1, 3, 2], [3, 1, 4]], rrf_k=60)[0][0] == 1
+    # the scale of either method does not matter
+    scaled = [(i, 100 * s - 7) for i, s in lexical]
+    same, fused = relative_score_fusion([dense, scaled]), relative_score_fusion([dense, lexical])
+    assert [i for i, _ in same] == [i for i, _ in fused] and dict(same) == pytest.approx(dict(fused))
+
+
+def test_relative_score_fusion_edges():
+    assert relative_score_fusion([[], []]) == []
+    assert relative_score_fusion([[(5, 0.3)], []]) == [(5, 0.5)]           # one result: scaled to 1
+    assert dict(relative_score_fusion([[(1, 2.0), (2, 2.0)], [(2, 1.0)]])) == pytest.approx({1: 0.5, 2: 1.0})
+    with pytest.raises(ValueError, match="1 weights for 2 score lists"):
+        relative_score_fusion([[], []], weights=[1])
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        relative_score_fusion([[(1, 1.0)], [(1, 1.0)]], weights=[0, 0])
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        relative_score_fusion([[(1, 1.0)], [(1, 1.0)]], weights=[-1, 2])
+
+
 def test_dense_ranks_the_chunk_identical_to_the_query_first(retriever):
     for text, source in [("the weather is sunny today\nno rain at the station", "weather.txt"),
                          ("i lost my keys\nthey were in the coat pocket", "keys.txt")]:
@@ -74,14 +107,22 @@ def test_bm25_ranks_by_shared_terms_and_returns_only_matches(retriever):
     assert retriever.search("zebra", k=3, mode="bm25") == []
 
 
-def test_hybrid_fuses_both_rankings(retriever):
+def test_hybrid_fuses_both_rankings(built, retriever):
     query = "pizza with cheese is what i like"
-    dense = [i for i, _ in retriever.ranked(query, 50, "dense")]
-    lexical = [i for i, _ in retriever.ranked(query, 50, "bm25")]
-    expected = reciprocal_rank_fusion([dense, lexical], 60.0)[:3]
+    dense = retriever.ranked(query, 50, "dense")
+    lexical = retriever.ranked(query, 50, "bm25")
+    expected = relative_score_fusion([dense, lexical])[:3]
     hits = retriever.search(query, k=3, mode="hybrid")
+    assert retriever.fusion == "relative"
     assert [(h.chunk.id, h.score) for h in hits] == [(i, pytest.approx(s)) for i, s in expected]
-    assert hits[0].chunk.source == "food.md" and hits[0].mode == "hybrid"
+    assert hits[0].chunk.source == "food.md" and hits[0].mode == "hybrid" and hits[0].score <= 1.0
+    root, encoder = built
+    rrf = Retriever(retriever.index, embedder=encoder, fusion="rrf")
+    expected = reciprocal_rank_fusion([[i for i, _ in dense], [i for i, _ in lexical]], 60.0)[:3]
+    hits = rrf.search(query, k=3, mode="hybrid")
+    assert [(h.chunk.id, h.score) for h in hits] == [(i, pytest.approx(s)) for i, s in expected]
+    few = Retriever(retriever.index, embedder=encoder, candidates=1)  # candidates: each method's depth
+    assert [h.chunk.id for h in few.search(query, k=1)] == [relative_score_fusion([dense[:1], lexical[:1]])[0][0]]
 
 
 def test_bad_searches_are_refused(retriever):
@@ -91,6 +132,10 @@ def test_bad_searches_are_refused(retriever):
         retriever.search("  ")
     with pytest.raises(ValueError, match="k must be >= 1"):
         retriever.search("cat", k=0)
+    with pytest.raises(ValueError, match="fusion must be one of relative, rrf"):
+        Retriever(retriever.index, fusion="max")
+    with pytest.raises(ValueError, match="candidates must be an integer >= 1"):
+        Retriever(retriever.index, candidates=0)
 
 
 # ------------------------------------------------------------------ passages, the prompt, citations
@@ -191,6 +236,12 @@ def test_cli_index_search_and_ask(built, tmp_path, llm, capsys):
     assert _cli("rag", "search", tmp_path / "idx", "pizza cheese", "--mode", "bm25", "--top-k", 2) == 0
     out = capsys.readouterr().out
     assert out.startswith("1. ") and "food.md:1" in out and "pizza with cheese" in out
+    query = DOCS["food.md"].strip()  # both methods rank its chunk first
+    for flags, score in [([], 1.0), (["--fusion", "rrf"], 2 / 61), (["--fusion", "rrf", "--rrf-k", 0], 2.0)]:
+        assert _cli("rag", "search", tmp_path / "idx", query, "--top-k", 1, *flags) == 0
+        assert capsys.readouterr().out.startswith(f"1. {score:.4f}  food.md:1")
+    assert _cli("rag", "search", tmp_path / "idx", query, "--fusion", "max") == 2
+    assert "relative" in capsys.readouterr().err
     model = save_tiny_chat_model(tmp_path / "chat", context=512)
     assert _cli("rag", "ask", tmp_path / "idx", "is it sunny?", "--model", model, "--top-k", 2,
                 "--max-new-tokens", 6, "--show-prompt") == 0

@@ -17,7 +17,7 @@ from .indexing import IndexConfig, IndexReport, index_documents
 from .pal import PalResult, answer_directly, solve_with_programs
 from .rag import Passage, RagAnswer, RagConfig, answer_question
 from .react import AgentConfig, LLMGenerate, ReActResult, react
-from .retrieval import Hit, Retriever, SearchConfig, reciprocal_rank_fusion
+from .retrieval import Hit, Retriever, SearchConfig, reciprocal_rank_fusion, relative_score_fusion
 from .sandbox import DEFAULT_ALLOWED, SandboxResult, check_program, run_python
 from .tools import Tool, ToolInputError, calculate, calculator_tool, default_tools, make_tools, python_tool, search_tool
 
@@ -26,4 +26,4 @@ __all__ = ["AgentConfig", "Chunk", "ChunkRecord", "DEFAULT_ALLOWED", "Document",
            "SandboxResult", "SearchConfig", "SentenceEncoder", "Tool", "ToolInputError", "answer_directly",
            "answer_question", "calculate", "calculator_tool", "check_program", "chunk_document", "default_tools",
            "index_documents", "list_files", "make_tools", "mean_pool", "python_tool", "react", "read_file",
-           "reciprocal_rank_fusion", "run_python", "search_tool", "solve_with_programs"]
+           "reciprocal_rank_fusion", "relative_score_fusion", "run_python", "search_tool", "solve_with_programs"]
