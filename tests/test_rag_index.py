@@ -253,3 +253,59 @@ def test_the_sqlite_records_are_plain_tables(docs, tmp_path, encoder):
     columns = [row[1] for row in db.execute("PRAGMA table_info(chunks)")]
     assert columns == ["id", "source", "record", "start_line", "end_line", "start_char", "end_char", "sha256", "text"]
     assert db.execute("SELECT COUNT(*) FROM files").fetchone()[0] == 3
+
+
+# ------------------------------------------------------------------ HNSW past a threshold
+def _vector_index(path, vectors_by_file):
+    from gencycle.integrate.chunking import Chunk
+    index = RagIndex.create(path, embedder="random", dimension=16, chunk_tokens=8, chunk_overlap=0)
+    for source, vectors in vectors_by_file.items():
+        chunks = [Chunk(source, None, f"{source} {i}", 0, 1, i + 1, i + 1, 1) for i in range(len(vectors))]
+        index.replace_file(source, source, chunks, vectors)
+    return index
+
+
+def _unit(rng, n, d=16):
+    v = rng.standard_normal((n, d)).astype("float32")
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_past_the_threshold_dense_search_walks_an_hnsw_graph_with_high_recall(tmp_path):
+    rng = np.random.default_rng(0)
+    data = {"a": _unit(rng, 1500), "b": _unit(rng, 1500)}
+    index = _vector_index(tmp_path / "idx", data)
+    index.commit(hnsw_threshold=2000)
+    assert index.has_hnsw and sorted(p.name for p in tmp_path.glob("idx/*.faiss")) == ["hnsw-1.faiss",
+                                                                                         "vectors-1.faiss"]
+    index.close()
+    index = RagIndex.open(tmp_path / "idx")
+    ids = index.chunk_ids("a") + index.chunk_ids("b")
+    matrix = np.concatenate([data["a"], data["b"]])
+    queries, found, exact_equal = _unit(rng, 100), 0, True
+    for q in queries:
+        truth = [ids[j] for j in np.argsort(-(matrix @ q), kind="stable")[:10]]
+        approx = [i for i, _ in index.dense(q, 10)]
+        exact = [i for i, _ in index.dense(q, 10, exact=True)]
+        exact_equal &= exact == truth
+        found += len(set(approx) & set(truth))
+        assert index.dense(q, 1)[0][1] == pytest.approx(float(matrix[ids.index(index.dense(q, 1)[0][0])] @ q), abs=1e-5)
+    assert exact_equal and found / 1000 >= 0.95  # recall@10 of the graph against the exact scan
+    assert index._graph() is not None
+    # a change makes the graph stale: dense search scans the exact index until the commit rebuilds it
+    index.remove_file("b")
+    assert index._graph() is None and len(index.dense(queries[0], 5)) == 5
+    index.commit(hnsw_threshold=2000)  # 1500 chunks left: under the threshold, the graph goes
+    assert not index.has_hnsw and not list(tmp_path.glob("idx/hnsw-*.faiss"))
+    index.commit(hnsw_threshold=1000)  # nothing changed, but the threshold now asks for a graph
+    assert index.has_hnsw and index.meta["generation"] == 3
+    index.close()
+
+
+def test_index_documents_builds_the_graph_from_its_threshold(docs, tmp_path, encoder):
+    _index(docs, tmp_path / "idx", encoder)
+    assert not RagIndex.open(tmp_path / "idx").has_hnsw
+    _index(docs, tmp_path / "idx", encoder, hnsw_threshold=1)
+    with RagIndex.open(tmp_path / "idx") as index:
+        assert index.has_hnsw
+    with pytest.raises(ValueError, match="hnsw_threshold must be an integer >= 1"):
+        IndexConfig(hnsw_threshold=0)

@@ -26,7 +26,7 @@ from ..errors import OptionError
 from .chunking import Chunk, check_sizes, chunk_document
 from .documents import file_hash, list_files, read_file
 from .embeddings import SentenceEncoder, embedder_name
-from .index import DB_NAME, RagIndex
+from .index import DB_NAME, HNSW_THRESHOLD, RagIndex
 
 
 @dataclass
@@ -47,9 +47,12 @@ class IndexConfig:
     """cpu, cuda, ... for the embedder (default: the GPU when there is one)"""
     progress: bool = True
     """show a progress bar while embedding"""
+    hnsw_threshold: int = HNSW_THRESHOLD
+    """chunks from which dense search walks an HNSW graph (faiss, approximate, built at each commit)
+    instead of scanning every vector exactly, >= 1"""
 
     def __post_init__(self):
-        for name, minimum in (("chunk_tokens", 1), ("chunk_overlap", 0), ("batch_size", 1)):
+        for name, minimum in (("chunk_tokens", 1), ("chunk_overlap", 0), ("batch_size", 1), ("hnsw_threshold", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise OptionError(name, f"must be an integer >= {minimum}", value)
@@ -175,7 +178,7 @@ def index_documents(documents: str | Path, index_path: str | Path, config: Index
             rows = [reuse[c.sha256] if c.sha256 in reuse else by_text[c.text] for c in chunks]
             report.reused += sum(c.sha256 in reuse for c in chunks)
             index.replace_file(source, sha, chunks, np.stack(rows) if rows else np.empty((0, index.dimension)))
-        index.commit(progress=config.progress)
+        index.commit(progress=config.progress, hnsw_threshold=config.hnsw_threshold)
         report.chunks = len(index)
     finally:
         if index is not None:
