@@ -391,9 +391,9 @@ def _byte_spelling() -> dict[int, str]:
 
 def _from_gguf(file: Path) -> Tokenizer:
     """A byte-level BPE from a GGUF's llama.cpp metadata, built the way transformers' GGUF loader builds it."""
-    from gguf import GGUFReader
+    from .checkpoints.gguf import _open
 
-    fields = GGUFReader(file).fields
+    fields = _open(file).fields  # a truncated or garbage file is named, as the weights reader names it
 
     def get(key, default=None):
         return fields[key].contents() if key in fields else default

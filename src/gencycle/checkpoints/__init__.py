@@ -88,12 +88,18 @@ def config_from_hf(hf_config: dict, source: str | Path = "config.json") -> Model
     support; a config that lacks a field its family needs is a UserError naming `source` and the field."""
     family = family_of(hf_config)
     try:
-        return family.config_from_hf(hf_config)
+        config = family.config_from_hf(hf_config)
     except KeyError as error:
         raise UserError(f"{source}: no {error.args[0]!r} field, which a {hf_config.get('model_type')!r} config "
                         "needs (is the file complete?)") from None
     except TypeError as error:
         raise UserError(f"{source}: a field has the wrong type ({error})") from None
+    for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "intermediate_size"):  # a size no model can be built with (issue 12: it was a torch error)
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"{source}: the model's {name} must be a positive integer, got {value!r}")
+    return config
 
 
 def family_module(config: ModelConfig):

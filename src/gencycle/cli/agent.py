@@ -41,6 +41,9 @@ def run(args) -> None:
     from ..integrate.react import AgentConfig, LLMGenerate, react
     from ..integrate.tools import make_tools
     config = config_from_args(AgentConfig(), args)
+    if args.device is not None:
+        from ..checkpoints.devices import resolve_device
+        resolve_device(args.device)  # before the index or the model is opened
     if not args.pal:
         make_tools([t for t in config.tools if t != "search"])  # unknown names: refused before loading anything
         if "search" in config.tools and not args.index_path:

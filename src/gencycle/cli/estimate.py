@@ -53,7 +53,7 @@ def resolve_config(source: str):
         path = assets.resolve(source)
     except FileNotFoundError as error:
         raise FileNotFoundError(f"{error}; nor a preset ({', '.join([*PRESETS, *shapes])})") from None
-    from ..checkpoints import family_of, load_config
+    from ..checkpoints import load_config
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"no config.json in {str(path)!r}")
@@ -63,8 +63,20 @@ def resolve_config(source: str):
         from ..checkpoints.llama import config_from_hf
         return config_from_hf(_config_from_metadata(_open(path), path))
     if path.suffix == ".json":
-        values = json.loads(Path(path).read_text())
-        return family_of(values).config_from_hf(values) if "model_type" in values else ModelConfig.from_dict(values)
+        from ..checkpoints import config_from_hf, read_json
+        from ..errors import UserError
+        values = read_json(Path(path))  # names the file: not UTF-8, malformed, not an object
+        if "model_type" in values:
+            return config_from_hf(values, path)  # names the file and a missing field
+        missing = [name for name in ("vocab_size", "hidden_size", "num_layers", "num_heads") if name not in values]
+        if missing:  # else every size would silently be ModelConfig's default
+            raise UserError(f"{path}: neither a Hugging Face config.json (no model_type) nor gencycle's ModelConfig "
+                            f"(no {', '.join(missing)})")
+        try:
+            return ModelConfig.from_dict(values)
+        except (TypeError, KeyError) as error:
+            raise UserError(f"{path}: not a Hugging Face config.json (no model_type) nor gencycle's ModelConfig "
+                            f"({error})") from None
     raise ValueError(f"{str(path)!r} is not a model folder, a .gguf file or a config .json")
 
 

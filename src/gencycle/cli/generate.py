@@ -86,6 +86,9 @@ def generation_overrides(args) -> dict:
         raise OptionError("max_new_tokens", "must be an integer >= 1", overrides["max_new_tokens"])
     if overrides.get("seed", 0) < 0:
         raise OptionError("seed", "must be an integer >= 0", overrides["seed"])
+    if getattr(args, "device", None) is not None:
+        from ..checkpoints.devices import resolve_device
+        resolve_device(args.device)  # "bogus" or a GPU this machine lacks: refused before anything loads
     GenerationConfig(do_sample=overrides.get("num_beams", 1) == 1).replace(**overrides)  # values checked now
     return overrides
 

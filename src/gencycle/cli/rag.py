@@ -107,6 +107,9 @@ def run_ask(args) -> None:
     from ..integrate.retrieval import Retriever
     _rag_dependencies()
     config = config_from_args(RagConfig(), args)
+    if args.device is not None:
+        from ..checkpoints.devices import resolve_device
+        resolve_device(args.device)  # before the index or the model is opened
     retriever = Retriever(args.index_path)
     try:
         llm = LLM.load(args.model, dtype=args.dtype, device=args.device)

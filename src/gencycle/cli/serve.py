@@ -33,9 +33,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def check_model(name_or_path) -> None:
-    """Refuse a model that cannot load (a missing path, a file that is not .gguf, a folder without
-    config.json or weights) before any work: the server loads it only after it has started."""
+def check_model(name_or_path, tokenizer: bool = True) -> None:
+    """Refuse a model that cannot load before any work, since the server loads it only after it has
+    started: a missing path, a file that is not GGUF, a folder without a readable config.json, a
+    weights file whose header is damaged, a tokenizer or generation_config.json that does not read.
+    Cheap: no weights are read."""
     from ..assets import resolve
     from ..checkpoints import WEIGHT_FILES, load_config
     from ..errors import UserError
@@ -44,10 +46,26 @@ def check_model(name_or_path) -> None:
         if path.suffix != ".gguf":
             raise UserError(f"{str(path)!r} is a file, not a model: give a model folder (with config.json) "
                             "or a .gguf file")
+        from ..checkpoints.gguf import _open
+        _open(path)  # the header and the tensors' extents, without reading the weights
         return
-    load_config(path)  # config.json is there, is JSON, and names a supported family
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
+    load_config(path)  # config.json is there, is JSON, and names a supported family with sane sizes
+    weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
+    if weights is None:
         raise UserError(f"no weights file in {str(path)!r}: looked for {', '.join(WEIGHT_FILES)}")
+    if weights.name == "model.safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(weights), "pt"):  # reads the header only
+                pass
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own kinds for a damaged file
+            raise UserError(f"corrupt or truncated safetensors file {str(weights)!r}: {error}") from None
+    if tokenizer:
+        from ..generation import GenerationConfig
+        from ..tokenizer import load_tokenizer
+        load_tokenizer(path)
+        if (path / "generation_config.json").is_file():
+            GenerationConfig.from_pretrained(path)
 
 
 def run(args) -> int:
@@ -56,5 +74,5 @@ def run(args) -> int:
     config = config_from_args(ServeConfig(), args)  # ServeConfig checks the values (port, limits, device)
     check_model(DEFAULT_MODEL if args.model is None else args.model)  # before the server starts
     if config.embedding_model not in (None, "none", "all-minilm-l6-v2"):
-        check_model(config.embedding_model)
+        check_model(config.embedding_model, tokenizer=False)
     return serve(args.model, config)
