@@ -3,6 +3,7 @@
     python -m benchmarks.rag_bench                       # everything (about 15-30 minutes on 2 CPU cores)
     python -m benchmarks.rag_bench --only quality
     python -m benchmarks.rag_bench --only scale --chunks 10000 100000
+    python -m benchmarks.rag_bench --only hnsw --vectors 100000 200000
 
 Quality: the corpus is the 330 shipped dialogues (data/chitchat-dialogsum, indexed with the default
 IndexConfig: all-MiniLM-L6-v2 on gencycle's BERT, 200-token chunks overlapping by 40), the queries
@@ -25,6 +26,13 @@ and the rest of the pipeline runs for real: reading, chunking, sqlite3, faiss, B
 latency: p50 (and p90) of 100 queries (summaries) per mode, top 5, through `Retriever.search`
 (query embedding included for dense and hybrid), and faiss' exact search alone, which grows
 linearly with the number of vectors and gives the 1M extrapolation.
+
+HNSW (the graph an index keeps from IndexConfig.hnsw_threshold chunks on): synthetic vectors near
+the real ones, each a random mix t * a + (1 - t) * b of two of the dialogues' MiniLM chunk vectors
+plus Gaussian noise (sigma 0.02 per dimension), normalized, so that they spread over the region
+real chunks occupy rather than being copies; the queries are 100 real summaries' embeddings.
+Through RagIndex (replace_file, commit, dense): the graph's build time, and per query (one thread,
+top 5 and 10) the exact scan's and the graph's latency, and the graph's recall against the scan.
 """
 
 from __future__ import annotations
@@ -301,11 +309,59 @@ def scale(work: Path, encoder: SentenceEncoder, sizes: list[int]) -> tuple[str, 
     return text, results
 
 
+# ---------------------------------------------------------------------------------------- hnsw
+def hnsw(work: Path, encoder: SentenceEncoder, sizes: list[int]) -> tuple[str, dict]:
+    from gencycle.integrate.chunking import Chunk
+    path = work / "dialogues.idx"
+    if not path.exists():
+        index_documents("shipped", path, IndexConfig(progress=False), embedder=encoder)
+    with RagIndex.open(path, encoder) as index:
+        real = index.vectors_of(sorted(index.chunk_ids("dialogues.jsonl")))
+    queries_ = encoder.encode([q[1] for q in queries()[:100]]).numpy()
+    rng = np.random.default_rng(0)
+    rows, results = [], {}
+    for n in sizes:
+        a, b = real[rng.integers(0, len(real), n)], real[rng.integers(0, len(real), n)]
+        t = rng.random((n, 1), dtype="float32")
+        vectors = t * a + (1 - t) * b + rng.normal(0, 0.02, a.shape).astype("float32")
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        index = RagIndex.create(work / f"hnsw-{n}", encoder.name, encoder.dimension, 200, 40)
+        chunks = [Chunk("synthetic", None, "synthetic chunk", 0, 1, 1, 1, 1) for _ in range(n)]
+        index.replace_file("synthetic", "-", chunks, vectors)
+        start, cpu = time.perf_counter(), time.process_time()
+        index.commit(hnsw_threshold=1)
+        build_s, build_cpu = time.perf_counter() - start, time.process_time() - cpu
+        figures = {"build_s": build_s, "build_cpu_s": build_cpu}
+        for k in (5, 10):
+            exact_ms, graph_ms, found = [], [], 0
+            for q in queries_:
+                start = time.perf_counter()
+                truth = {i for i, _ in index.dense(q, k, exact=True)}
+                exact_ms.append((time.perf_counter() - start) * 1e3)
+                start = time.perf_counter()
+                got = {i for i, _ in index.dense(q, k)}
+                graph_ms.append((time.perf_counter() - start) * 1e3)
+                found += len(got & truth)
+            figures[k] = {"exact_ms": statistics.median(exact_ms), "graph_ms": statistics.median(graph_ms),
+                          "recall": found / (k * len(queries_))}
+        index.close()
+        shutil.rmtree(work / f"hnsw-{n}")
+        results[n] = figures
+        rows.append([f"{n:,}", f"{build_s:.0f} ({build_cpu:.0f} CPU)", f"{figures[5]['exact_ms']:.1f}",
+                     f"{figures[5]['graph_ms']:.2f}", f"{figures[5]['recall']:.3f}", f"{figures[10]['recall']:.3f}",
+                     f"{figures[5]['exact_ms'] / figures[5]['graph_ms']:.0f}x"])
+    text = table(["vectors", "graph build s", "exact scan ms p50 (top 5)", "HNSW ms p50 (top 5)", "HNSW recall@5",
+                  "HNSW recall@10", "exact / HNSW"], rows)
+    return text, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rag_bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("quality", "scale"))
+    parser.add_argument("--only", choices=("quality", "scale", "hnsw"))
     parser.add_argument("--chunks", type=int, nargs="+", default=[10_000, 100_000],
                         help="index sizes; the first is embedded for real")
+    parser.add_argument("--vectors", type=int, nargs="+", default=[100_000, 200_000],
+                        help="HNSW part: synthetic index sizes")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -319,7 +375,10 @@ def main() -> None:
             print("## Retrieval on the shipped dialogues (queries: their human summaries)\n\n" + text + "\n", flush=True)
         if args.only in (None, "scale"):
             text, figures["scale"] = scale(work, encoder, args.chunks)
-            print("## Indexing speed and query latency (copies of the dialogues)\n\n" + text + "\n")
+            print("## Indexing speed and query latency (copies of the dialogues)\n\n" + text + "\n", flush=True)
+        if args.only in (None, "hnsw"):
+            text, figures["hnsw"] = hnsw(work, encoder, args.vectors)
+            print("## HNSW against the exact scan (synthetic vectors near the dialogues' own)\n\n" + text + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

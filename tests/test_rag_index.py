@@ -309,3 +309,16 @@ def test_index_documents_builds_the_graph_from_its_threshold(docs, tmp_path, enc
         assert index.has_hnsw
     with pytest.raises(ValueError, match="hnsw_threshold must be an integer >= 1"):
         IndexConfig(hnsw_threshold=0)
+
+
+def test_documents_without_a_bm25_term_are_indexed_and_found_by_dense_search(tmp_path, encoder):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("the a of\n")  # stop words and one letter: no BM25 term
+    _index(folder, tmp_path / "idx", encoder)
+    from gencycle.integrate import Retriever
+    retriever = Retriever(tmp_path / "idx", embedder=encoder)
+    assert retriever.search("the a of", mode="bm25") == []
+    assert [h.chunk.source for h in retriever.search("the a of", mode="dense")] == ["a.txt"]
+    assert [h.chunk.source for h in retriever.search("the a of", mode="hybrid")] == ["a.txt"]
+    retriever.close()

@@ -312,10 +312,11 @@ class RagIndex:
         folder.mkdir(parents=True, exist_ok=True)
         ids = np.asarray([r[0] for r in rows], dtype="int64")
         np.save(folder / "ids.npy", ids)
-        if not rows:
+        tokens = bm25_tokens([r[1] for r in rows])
+        if not any(tokens):  # no chunk, or none with a term (only stop words or 1-letter words)
             return None, ids
         retriever = bm25s.BM25()
-        retriever.index(bm25_tokens([r[1] for r in rows]), show_progress=progress)
+        retriever.index(tokens, show_progress=progress)
         retriever.save(str(folder), show_progress=False)
         return retriever, ids
 
@@ -369,7 +370,8 @@ class RagIndex:
             if not (folder / "ids.npy").is_file():
                 raise ValueError(f"the index at {str(self.path)!r} is incomplete: {folder.name} is missing (rebuild it)")
             ids = np.load(folder / "ids.npy")
-            self._bm25 = (bm25s.BM25.load(str(folder), show_progress=False) if len(ids) else None, ids)
+            saved = any(p.name != "ids.npy" for p in folder.iterdir())  # none when no chunk has a term
+            self._bm25 = (bm25s.BM25.load(str(folder), show_progress=False) if saved else None, ids)
         retriever, ids = self._bm25
         terms = bm25_tokens([query])[0]
         if retriever is None or not any(t in retriever.vocab_dict for t in terms):
