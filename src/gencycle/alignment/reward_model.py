@@ -195,11 +195,15 @@ def reward_data_kind(records: Sequence[dict], source: str = "data") -> str:
                               "(classification) or prompt/chosen/rejected rows (preference pairs)")
 
 
-def label_names(records: Sequence[dict], names: Sequence[str] | None = None) -> dict[int, str]:
+def label_names(records: Sequence[dict], names: Sequence[str] | None = None, source: str = "data") -> dict[int, str]:
     """{index: name} of a labelled dataset: `names` in index order when given; else integer labels
     0..K-1 (named LABEL_i), or the sorted distinct string labels."""
     if names:
         return dict(enumerate(map(str, names)))
+    for number, row in enumerate(records, start=1):  # a list, NaN, true ... is no label (issue 12)
+        label = row.get("label") if isinstance(row, dict) else row.label
+        if label is not None and not (_is_int(label) or (isinstance(label, str) and label.strip())):
+            raise RewardDataError(f"{source}: row {number}: the label {label!r} is neither an integer index nor a name")
     values = {r.get("label") if isinstance(r, dict) else r.label for r in records}
     values.discard(None)
     if values and all(_is_int(v) for v in values):

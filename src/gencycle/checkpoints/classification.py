@@ -45,7 +45,7 @@ from .. import assets
 from ..model.config import ModelConfig
 from ..model.heads import SequenceClassifier
 from ..model.transformer import Transformer
-from . import default_device, family_module, family_of, load_hf_state, read_weights, resolve_dtype
+from . import default_device, family_module, family_of, load_hf_state, read_json, read_weights, resolve_dtype
 from .names import rename
 
 HF_CLASSES = {"llama": "LlamaForSequenceClassification", "qwen2": "Qwen2ForSequenceClassification",
@@ -183,7 +183,7 @@ def read_classification_config(path: str | Path) -> dict:
     config_path = folder / "config.json"
     if not config_path.exists():
         raise FileNotFoundError(f"no config.json in {str(folder)!r}")
-    hf = json.loads(config_path.read_text())
+    hf = read_json(config_path)  # names the file when it is not UTF-8, not JSON or not an object
     architectures = hf.get("architectures") or []
     if not (SECTION in hf or any(str(a).endswith("ForSequenceClassification") for a in architectures)):
         raise ValueError(f"{str(folder)!r} has no classification head: its config.json names "

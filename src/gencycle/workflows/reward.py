@@ -200,7 +200,7 @@ def train_reward_model(backbone: str | Path | torch.nn.Module, data: str | Path 
             from gencycle.data.toxicity import LABELS
             names = tuple(LABELS[i] for i in sorted(LABELS))
         id2label = (classifier.id2label if classifier is not None and not config.data.labels
-                    else label_names(records, names))
+                    else label_names(records, names, source))
         num_labels = len(id2label)
     else:
         id2label, num_labels = {0: "reward"}, 1
