@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import types
@@ -250,6 +251,9 @@ class AheadOfTimeSteps:
 
     def build(self, batch: int, slots: int, path: Path) -> None:
         model = self.model
+        print(f"gencycle: compiling the decoding step for batch {batch} x {slots} cache slots ahead of time "
+              f"(once per model and shape, minutes on a few cores; later runs load {path.name})",
+              file=sys.stderr, flush=True)
         with torch.inference_mode(False), torch.no_grad():
             cache = StaticKVCache.for_model(model, batch, slots)
             ids, positions = (torch.zeros(batch, 1, dtype=torch.long, device=model.device) for _ in range(2))
