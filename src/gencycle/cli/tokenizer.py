@@ -41,7 +41,9 @@ def register(subparsers) -> None:
 
 
 def run_train(args) -> None:
+    from ..errors import check_output
     from ..training.tokenizer_training import train_tokenizer
+    check_output(args.out, "out")  # an existing file is refused before training
     tokenizer = train_tokenizer(args.files, args.kind, args.vocab_size, args.out, lowercase=args.lowercase,
                                 extra_ids=args.extra_ids, min_frequency=args.min_frequency,
                                 model_max_length=args.model_max_length, show_progress=args.progress)

@@ -39,14 +39,15 @@ class Chunk:
 
 def check_sizes(chunk_tokens: int, chunk_overlap: int, limit: int | None = None) -> None:
     """Refuse sizes that cannot work; `limit`: the most tokens the embedder reads per text."""
+    from ..errors import OptionError
     if chunk_tokens < 1:
-        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        raise OptionError("chunk_tokens", "must be >= 1", chunk_tokens)
     if not 0 <= chunk_overlap < chunk_tokens:
-        raise ValueError(f"chunk_overlap must be >= 0 and less than chunk_tokens ({chunk_tokens}), "
-                         f"got {chunk_overlap}")
+        raise OptionError("chunk_overlap", f"must be >= 0 and less than chunk_tokens ({chunk_tokens})", chunk_overlap)
     if limit is not None and chunk_tokens > limit:
-        raise ValueError(f"chunk_tokens {chunk_tokens} is more than the embedder reads per text ({limit} "
-                         f"tokens besides its special tokens): the rest of each chunk would be cut off")
+        raise OptionError("chunk_tokens", "", message=f"chunk_tokens {chunk_tokens} is more than the embedder reads "
+                          f"per text ({limit} tokens besides its special tokens): the rest of each chunk would be "
+                          "cut off")
 
 
 def chunk_document(document: Document, tokenizer, chunk_tokens: int = 200, chunk_overlap: int = 40) -> list[Chunk]:

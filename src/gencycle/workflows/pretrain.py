@@ -19,7 +19,6 @@ blocks keep one corruption for every evaluation. `gencycle pretrain` is generate
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,12 +194,8 @@ def model_config(source: str | None, arch: str, tokenizer) -> ModelConfig:
         path = Path(source).expanduser()
         if not path.is_file():
             raise OptionError("config", f"names no preset, and no file {str(path)!r} exists")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"model config {str(path)!r} is not JSON ({e.msg}, line {e.lineno})") from None
-        if not isinstance(values, dict):
-            raise ValueError(f"model config {str(path)!r} must hold a JSON object")
+        from gencycle.checkpoints import read_json
+        values = read_json(path)  # names the file: not UTF-8, not JSON, not an object
         values.setdefault("vocab_size", vocab)
         try:
             config = (family_of(values).config_from_hf(values) if "model_type" in values
