@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     started = time.perf_counter()
     for (hidden, layers), tokens in itertools.product(sizes, budgets):
-        if any(r["hidden"] == hidden and r["layers"] == layers and r["tokens"] >= tokens - BATCH * BLOCK
-               for r in runs):
+        if any(r["hidden"] == hidden and r["layers"] == layers and abs(r["tokens"] - tokens) < BATCH * BLOCK
+               for r in runs):  # this budget's run is done (a larger budget's run is not it)
             continue
         if tokens > len(train_blocks) * BLOCK:
             print(f"warning: {tokens:,} tokens is more than one pass over the corpus", file=sys.stderr)

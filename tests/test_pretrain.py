@@ -165,7 +165,7 @@ def test_presets_build_for_a_tokenizer(tokenizers):
         config = model_config(name, arch, tokenizer)
         assert config.family == family and config.vocab_size == tokenizer.vocab_size
         family_module(config).config_to_hf(config)  # writable in the Hugging Face layout
-        if name.endswith("nano"):
+        with torch.device("meta"):  # shapes only: every preset, the estimator's count equals the model's
             assert Transformer(config).num_parameters() == num_parameters(config)
 
 
