@@ -50,6 +50,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 	$(BIN)/python -m benchmarks.train_bench
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m benchmarks.ppo_bench
+	$(BIN)/python -m benchmarks.dpo_bench
 	$(BIN)/python -m benchmarks.pretrain_bench
 
 # issue 17's table and goals alone (SmolLM2 only, no quality part): about 30-50 minutes on 2 busy cores
