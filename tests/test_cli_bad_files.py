@@ -1,0 +1,121 @@
+"""Bad files and values beyond tests/test_cli_bad_input.py's table (issue 12), each found by probing
+the verbs on 2026-12-01 and failing then (a traceback, exit 0 or 1, or a message naming neither the
+file nor the flag): a config.json with sizes that are not positive integers, damaged files next to a
+good config.json that `serve` only met after it had started, a device name torch does not know, config
+.json files for estimate / pretrain that are malformed, not UTF-8 or not a model config, a garbage
+.gguf, reward labels that are no label, an --out that is a file for tokenizer train, chunk sizes the
+embedder cannot read. Every case: exit status 2, no traceback, the file (or flag) named.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from test_cli_bad_input import guarded, refused, run  # noqa: F401 - guarded is a fixture
+from tiny_llm import save_tiny_chat_model
+
+pytestmark = pytest.mark.usefixtures("one_thread", "guarded")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bad-files")
+    model = save_tiny_chat_model(root / "model")
+    config = json.loads((model / "config.json").read_text())
+
+    def clone(name: str, file: str, data) -> None:
+        shutil.copytree(model, root / name)
+        (root / name / file).write_bytes(data if isinstance(data, bytes) else data.encode())
+
+    clone("hidden-size-text", "config.json", json.dumps({**config, "hidden_size": "big"}))
+    clone("negative-layers", "config.json", json.dumps({**config, "num_hidden_layers": -1}))
+    clone("garbage-weights", "model.safetensors", b"garbage" * 10)
+    clone("truncated-tokenizer", "tokenizer.json", (model / "tokenizer.json").read_text()[:500])
+    clone("malformed-tokenizer-config", "tokenizer_config.json", "{not json")
+    clone("bad-generation-config", "generation_config.json", json.dumps({"top_p": 5}))
+    files = {"bad.json": "{oops", "list.json": "[1]", "bytes.json": b'{"x": "\xff"}',
+             "no-sizes.json": json.dumps({"n_layer": 2}),
+             "no-hidden-size.json": json.dumps({"model_type": "llama", "vocab_size": 300}),
+             "garbage.gguf": b"GGUFxxxx", "corpus.txt": "\n".join(f"the fox {i} runs" for i in range(100))}
+    for name, data in files.items():
+        (root / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    rows = "".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(8))
+    (root / "label-list.jsonl").write_text(rows + json.dumps({"text": "t", "label": [1]}) + "\n")
+    (root / "label-nan.jsonl").write_text(rows + '{"text": "t", "label": NaN}\n')
+    (root / "docs").mkdir()
+    (root / "docs" / "a.txt").write_text("the fox runs over the hill\n" * 20)
+    return root
+
+
+M = "{root}/model"
+CASES = {
+    # a config.json whose sizes no model can be built with: was a TypeError / RuntimeError from torch,
+    # and `info` printed a model of -1 layers
+    **{f"{verb} hidden_size text": ([verb, "{root}/hidden-size-text", *extra],
+                                    "the model's hidden_size must be a positive integer, got 'big'")
+       for verb, extra in (("generate", ["hi"]), ("info", []), ("estimate", []), ("serve", []))},
+    **{f"{verb} negative layers": ([verb, "{root}/negative-layers", *extra],
+                                   "the model's num_layers must be a positive integer, got -1")
+       for verb, extra in (("generate", ["hi"]), ("info", []), ("serve", []))},
+    # serve checks what it will load before it starts (it used to start, fail to load, exit 1)
+    "serve garbage weights": (["serve", "{root}/garbage-weights"], "corrupt or truncated safetensors file"),
+    "serve truncated tokenizer": (["serve", "{root}/truncated-tokenizer"], "tokenizer.json: not a readable"),
+    "serve malformed tokenizer_config": (["serve", "{root}/malformed-tokenizer-config"],
+                                         "tokenizer_config.json: malformed JSON"),
+    "serve bad generation_config": (["serve", "{root}/bad-generation-config"],
+                                    "generation_config.json: top_p must be a number in (0, 1]"),
+    "serve garbage gguf": (["serve", "{root}/garbage.gguf"], "garbage.gguf' is truncated or corrupt"),
+    "serve embedding model file": (["serve", M, "--embedding-model", "{root}/corpus.txt"], "corpus.txt' is a file"),
+    # a device name torch does not know: was a RuntimeError from torch.device
+    **{f"{verb[0]} --device bogus": ([*verb, "--device", "bogus"], "argument --device: must be a device such as")
+       for verb in (["generate", M, "hi"], ["chat", M], ["agent", "q", "--model", M],
+                    ["rag", "ask", "{root}/no-index", "q", "--model", M])},
+    # estimate's config .json: a KeyError traceback, messages without the file, or every size at its default
+    "estimate malformed json": (["estimate", "{root}/bad.json"], "bad.json: malformed JSON at line 1"),
+    "estimate list json": (["estimate", "{root}/list.json"], "list.json: expected a JSON object"),
+    "estimate non-UTF-8 json": (["estimate", "{root}/bytes.json"], "bytes.json: not UTF-8 text"),
+    "estimate no hidden_size": (["estimate", "{root}/no-hidden-size.json"],
+                                "no-hidden-size.json: no 'hidden_size' field"),
+    "estimate no sizes": (["estimate", "{root}/no-sizes.json"],
+                          "no-sizes.json: neither a Hugging Face config.json (no model_type) nor gencycle's "
+                          "ModelConfig (no vocab_size, hidden_size, num_layers, num_heads)"),
+    "pretrain non-UTF-8 config": (["pretrain", "--data", "{root}/corpus.txt", "--tokenizer", M, "--config",
+                                   "{root}/bytes.json", "--out", "{root}/pretrain-run"], "bytes.json: not UTF-8 text"),
+    # a garbage .gguf: generate's tokenizer read it with the raw reader ("Sorry, file appears to be version ...")
+    "generate garbage gguf": (["generate", "{root}/garbage.gguf", "hi"], "garbage.gguf' is truncated or corrupt"),
+    # reward labels that are no label: a TypeError traceback (a list), a class named 'nan' trained (NaN)
+    "reward train label list": (["reward", "train", M, "--data", "{root}/label-list.jsonl", "--out", "{root}/rw1"],
+                                "label-list.jsonl: row 9: the label [1] is neither an integer index nor a name"),
+    "reward train label NaN": (["reward", "train", M, "--data", "{root}/label-nan.jsonl", "--out", "{root}/rw2"],
+                               "label-nan.jsonl: row 9: the label nan is neither an integer index nor a name"),
+    "reward score malformed config": (["reward", "score", "{root}/bad-json-model", "hi"],
+                                      "bad-json-model/config.json: malformed JSON"),
+    # tokenizer train wrote nothing and said "File exists" after training
+    "tokenizer train --out file": (["tokenizer", "train", "{root}/corpus.txt", "--vocab-size", "300", "--out",
+                                    "{root}/corpus.txt"], "argument --out: names an existing file"),
+    # the embedder's limit was named as chunk_tokens, not the flag
+    "rag index chunk too long": (["rag", "index", "{root}/docs", "--index", "{root}/index", "--chunk-tokens",
+                                  "1000", "--no-progress"], "argument --chunk-tokens: 1000 is more than the embedder"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_files_are_refused_naming_them(case, root, capsys):
+    if case == "reward score malformed config" and not (root / "bad-json-model").exists():
+        shutil.copytree(root / "model", root / "bad-json-model")
+        (root / "bad-json-model" / "config.json").write_text("{oops")
+    argv, message = CASES[case]
+    code, out, err = run([a.format(root=root) for a in argv], capsys)
+    problem = refused(code, err, (message,))
+    assert problem is None, f"{problem}; stderr: {err[-800:]!r}"
+
+
+def test_reward_labels_are_checked_in_the_api_too():
+    from gencycle.alignment.reward_model import RewardDataError, label_names
+    with pytest.raises(RewardDataError, match=r"rows.jsonl: row 2: the label True is neither"):
+        label_names([{"text": "a", "label": 0}, {"text": "b", "label": True}], source="rows.jsonl")
+    assert label_names([{"text": "a", "label": 0}, {"text": "b", "label": 1.0}]) == {0: "LABEL_0", 1: "LABEL_1"}
+    assert label_names([{"text": "a", "label": "ok"}, {"text": "b", "label": "bad"}]) == {0: "bad", 1: "ok"}
