@@ -45,6 +45,8 @@ def root(tmp_path_factory) -> Path:
     rows = "".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(8))
     (root / "label-list.jsonl").write_text(rows + json.dumps({"text": "t", "label": [1]}) + "\n")
     (root / "label-nan.jsonl").write_text(rows + '{"text": "t", "label": NaN}\n')
+    (root / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
+                                              for i in range(4)))
     (root / "docs").mkdir()
     (root / "docs" / "a.txt").write_text("the fox runs over the hill\n" * 20)
     return root
@@ -99,6 +101,22 @@ CASES = {
     # the embedder's limit was named as chunk_tokens, not the flag
     "rag index chunk too long": (["rag", "index", "{root}/docs", "--index", "{root}/index", "--chunk-tokens",
                                   "1000", "--no-progress"], "argument --chunk-tokens: 1000 is more than the embedder"),
+    # text that was not UTF-8 (argv holds it as lone surrogates): printed as replacement characters, or used
+    **{f"{name} not UTF-8": (argv, f"{what} is not UTF-8 text: byte 0xff at character 3")
+       for name, argv, what in (
+           ("agent question", ["agent", "hi \udcff there", "--model", M], "the question"),
+           ("rag search query", ["rag", "search", "{root}/no-index", "hi \udcff there"], "the query"),
+           ("rag ask question", ["rag", "ask", "{root}/no-index", "hi \udcff there", "--model", M], "the question"),
+           ("reward score text", ["reward", "score", M, "hi \udcff there"], "text 1"),
+           ("generate --stop", ["generate", M, "hi", "--stop", "hi \udcff there"], "--stop"))},
+    # empty names that were accepted: serve started with no model name, pretrain sampled nothing
+    "serve --served-model-name empty": (["serve", M, "--served-model-name", " "], "argument --served-model-name: is empty"),
+    "pretrain --sample-prompts empty": (["pretrain", "--data", "{root}/corpus.txt", "--tokenizer", M, "--sample-prompts",
+                                         "", "--out", "{root}/pretrain-run"], "argument --sample-prompts: must be non-empty"),
+    # the flag, not the keyword argument of apply_lora
+    "finetune --target matching nothing": (["finetune", M, "--data", "{root}/pairs.jsonl", "--method", "lora",
+                                            "--target", "bogus_proj", "--out", "{root}/ft"],
+                                           "argument --target: ['bogus_proj'] matched no Linear module"),
 }
 
 
@@ -119,3 +137,35 @@ def test_reward_labels_are_checked_in_the_api_too():
         label_names([{"text": "a", "label": 0}, {"text": "b", "label": True}], source="rows.jsonl")
     assert label_names([{"text": "a", "label": 0}, {"text": "b", "label": 1.0}]) == {0: "LABEL_0", 1: "LABEL_1"}
     assert label_names([{"text": "a", "label": "ok"}, {"text": "b", "label": "bad"}]) == {0: "bad", 1: "ok"}
+
+
+@pytest.mark.parametrize("verb, argv, flags", [
+    ("finetune", ["--lora-rank", "4", "--target", "all-linear", "--num-virtual-tokens", "4"],
+     ["--lora-rank", "--target", "--num-virtual-tokens"]),
+    ("finetune", ["--method", "prompt-tuning", "--lora-alpha", "8"], ["--lora-alpha"]),
+    ("dpo", ["--method", "full", "--lora-rank", "4"], ["--lora-rank"]),
+    ("rlhf", ["--method", "full", "--target", "mlp"], ["--target"]),
+])
+def test_options_of_another_method_warn_that_they_are_ignored(verb, argv, flags):
+    """`finetune --lora-rank 4` (the default method is full) trained no adapter without a word."""
+    import warnings
+    from gencycle.cli import build_parser, command_parser
+    from gencycle.cli.options import config_from_args
+    from gencycle.workflows import FinetuneConfig
+    from gencycle.workflows.dpo import DpoConfig
+    from gencycle.workflows.rlhf import RlhfConfig
+    parser = build_parser()
+    base = ["m", "--data", "d"] if verb != "rlhf" else ["m", "--prompts", "p", "--reward", "profanity"]
+    args = parser.parse_args([verb, *base, *argv])
+    config = {"finetune": FinetuneConfig, "dpo": DpoConfig, "rlhf": RlhfConfig}[verb]()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config_from_args(config, args)
+    said = [str(w.message) for w in caught]
+    assert sorted(said) == sorted(f"{flag} is an option of --method "
+                                  f"{'prompt-tuning' if flag == '--num-virtual-tokens' else 'lora'}: ignored with "
+                                  f"--method {args.method}" for flag in flags), said
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the method's own options, and defaults, say nothing
+        config_from_args(config, parser.parse_args([verb, *base, "--method", "lora", "--lora-rank", "4"]))
+    assert command_parser(parser, args).prog.endswith(verb)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from ..assets import DEFAULT_MODEL
+from .generate import utf8
 from .options import add_config_arguments, config_from_args
 
 DESCRIPTION = """\
@@ -48,6 +49,7 @@ def run(args) -> None:
         make_tools([t for t in config.tools if t != "search"])  # unknown names: refused before loading anything
         if "search" in config.tools and not args.index_path:
             raise ValueError("the search tool needs a RAG index: pass --index PATH (built by gencycle rag index)")
+    utf8(args.question, "the question")
     if not args.question.strip():
         raise ValueError("the question is empty")
     if args.pal:

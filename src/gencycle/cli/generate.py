@@ -86,6 +86,8 @@ def generation_overrides(args) -> dict:
         raise OptionError("max_new_tokens", "must be an integer >= 1", overrides["max_new_tokens"])
     if overrides.get("seed", 0) < 0:
         raise OptionError("seed", "must be an integer >= 0", overrides["seed"])
+    for stop in overrides.get("stop") or ():
+        utf8(stop, "--stop")
     if getattr(args, "device", None) is not None:
         from ..checkpoints.devices import resolve_device
         resolve_device(args.device)  # "bogus" or a GPU this machine lacks: refused before anything loads

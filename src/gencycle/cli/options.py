@@ -150,6 +150,26 @@ def _first_line(doc: str | None) -> str | None:
 
 
 def config_from_args(config, args: argparse.Namespace):
-    """`config` with every option replaced by its parsed flag (lists become tuples)."""
+    """`config` with every option replaced by its parsed flag (lists become tuples). Options of a
+    method's own group (LoRA's, prompt tuning's) given with another --method warn that they are ignored."""
     values = {option.name: getattr(args, option.name, option.default) for option in options(config)}
-    return override(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    result = override(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    warn_ignored_by_method(config, result)
+    return result
+
+
+METHOD_GROUPS = {"lora": "lora", "prompt_tuning": "prompt-tuning"}  # nesting field -> the --method using it
+
+
+def warn_ignored_by_method(base, config) -> None:
+    """Warn for each option of a method's group that `config` changes from `base` while its method is
+    another one (`finetune --method full --lora-rank 4` trains no adapter)."""
+    import warnings
+    method = getattr(config, "method", None)
+    if not isinstance(method, str):
+        return
+    defaults = {option.name: option.default for option in options(base)}
+    for option in options(config):
+        owner = METHOD_GROUPS.get(option.path[0]) if option.path else None
+        if owner is not None and owner != method and option.default != defaults[option.name]:
+            warnings.warn(f"{flag(option.name)} is an option of --method {owner}: ignored with --method {method}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from ..assets import DEFAULT_MODEL
+from .generate import utf8
 from .options import add_config_arguments, config_from_args, number
 
 INDEX = """\
@@ -88,6 +89,7 @@ def run_search(args) -> None:
     from ..integrate.retrieval import Retriever, SearchConfig
     _rag_dependencies()
     config = config_from_args(SearchConfig(), args)
+    utf8(args.query, "the query")
     retriever = Retriever(args.index_path, rrf_k=config.rrf_k, fusion=config.fusion)
     try:
         hits = retriever.search(args.query, config.top_k, config.mode)
@@ -107,6 +109,7 @@ def run_ask(args) -> None:
     from ..integrate.retrieval import Retriever
     _rag_dependencies()
     config = config_from_args(RagConfig(), args)
+    utf8(args.question, "the question")
     if args.device is not None:
         from ..checkpoints.devices import resolve_device
         resolve_device(args.device)  # before the index or the model is opened

@@ -63,6 +63,9 @@ def run_score(args) -> None:
     import torch
     from ..alignment.reward_model import load_reward_model
     from ..checkpoints.devices import resolve_device
+    from .generate import utf8
+    for number, text in enumerate(args.texts, start=1):
+        utf8(text, f"text {number}")
     device = resolve_device(args.device) if args.device else None
     rm = load_reward_model(args.model, device=device)
     logits = rm.score(args.texts)

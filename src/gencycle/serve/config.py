@@ -71,5 +71,7 @@ class ServeConfig:
         if self.device is not None:
             from ..checkpoints.devices import resolve_device
             resolve_device(self.device)  # a device this machine lacks fails here, before the model loads
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise OptionError("served_model_name", "is empty: give a name, or leave it out for the model's own")
         if self.api_key is not None and not self.api_key.strip():
             raise OptionError("api_key", "is empty: give a key, or leave it out for no key")

@@ -277,8 +277,13 @@ def apply_method(model: torch.nn.Module, config: FinetuneConfig, tokenizer) -> t
     if config.method == "lora":
         from gencycle.adapters import apply_lora
         lora = config.lora
-        return apply_lora(model, rank=lora.lora_rank, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
-                          target_modules=lora.target)
+        try:
+            return apply_lora(model, rank=lora.lora_rank, alpha=lora.lora_alpha, dropout=lora.lora_dropout,
+                              target_modules=lora.target)
+        except ValueError as error:
+            if "matched no Linear module" not in str(error):
+                raise
+            raise OptionError("target", "", message=str(error).replace("target_modules", "target", 1)) from None
     from gencycle.adapters import apply_prompt_tuning
     soft = config.prompt_tuning
     init = "text" if soft.prompt_init_text is not None and soft.prompt_init == "random" else soft.prompt_init

@@ -135,7 +135,11 @@ class SampleConfig:
             if value is not None and not value >= low:
                 raise OptionError(name, f"must be at least {low}", value)
         if self.sample_prompts is not None:
-            self.sample_prompts = tuple(self.sample_prompts)
+            self.sample_prompts = (self.sample_prompts,) if isinstance(self.sample_prompts, str) \
+                else tuple(self.sample_prompts)
+            if not self.sample_prompts or not all(isinstance(p, str) and p.strip() for p in self.sample_prompts):
+                raise OptionError("sample_prompts", "must be non-empty texts (an empty prompt is never sampled)",
+                                  self.sample_prompts)
 
 
 def _pretrain_defaults() -> TrainConfig:
