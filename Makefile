@@ -129,9 +129,11 @@ bench-peers: $(BIN)/.installed
 	$(BIN)/python -m benchmarks.peers
 
 # gencycle serve vs llama.cpp's llama-server, 1/4/8/16 concurrent streaming clients (builds llama-server
-# from the llama-cpp-python sdist into build/ the first time: about 10 minutes on 2 cores)
+# from the llama-cpp-python sdist into build/ the first time: about 10 minutes on 2 cores). More flags:
+# make bench-serve SERVE_BENCH_FLAGS="--threads 1 --requests-per-client 2" (one thread each on a busy machine)
+SERVE_BENCH_FLAGS ?=
 bench-serve: $(BIN)/.installed
-	$(BIN)/python -m benchmarks.serve_bench --build-llama-server
+	$(BIN)/python -m benchmarks.serve_bench --build-llama-server $(SERVE_BENCH_FLAGS)
 
 clean:
 	rm -rf $(VENV) .venv-latest runs build src/*.egg-info

@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> None:
             why = f"building llama-server failed: {error}"
         if why:
             note = f"llama-server: not run: {why}."
-    print(f"machine: {machine()}; {args.threads} threads per server", flush=True)
+    print(f"machine: {machine()}; {args.threads} threads per server; load average at start "
+          f"{' / '.join(f'{v:.1f}' for v in os.getloadavg())} (1 / 5 / 15 min)", flush=True)
     servers: dict[str, tuple[Process, dict]] = {}
     try:
         print("starting gencycle serve (int4, compiled decoding warmed up before it is ready) ...", flush=True)
@@ -311,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         for server, _ in servers.values():
             server.close()
     print()
-    print(report(results, args.clients, note))
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(report(results, args.clients, (note + "\n" if note else "") + f"load average at the end: {load} (1 / 5 / 15 min)"))
 
 
 if __name__ == "__main__":
