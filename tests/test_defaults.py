@@ -159,3 +159,16 @@ def test_smollm2_generate_defaults_give_fp32_eager_greedy_text_on_shipped_prompt
         assert code == 0, err
         assert "compiled decoding" in err and "fp32 weights" in err
         assert out == eager.chat([{"role": "user", "content": prompt}], max_new_tokens=24) + "\n", prompt
+
+
+def test_serve_fills_in_the_defaults_and_says_so(capsys):
+    from gencycle.cli.serve import _with_inference_defaults
+    from gencycle.serve.config import ServeConfig
+    config = _with_inference_defaults(ServeConfig(), ServeConfig())
+    choice = inference_defaults()  # greedy: a server answers greedy requests too
+    assert (config.device, config.dtype, config.compile) == (choice.device, "fp32", choice.compile)
+    assert capsys.readouterr().err.strip() == choice.description
+    config = _with_inference_defaults(ServeConfig(dtype="bf16", compile=not ServeConfig().compile, device="cpu"),
+                                      ServeConfig())
+    assert (config.device, config.dtype, config.compile) == ("cpu", "bf16", not ServeConfig().compile)
+    assert "cpu (as asked), bf16 weights (as asked)" in capsys.readouterr().err
