@@ -120,7 +120,7 @@ def test_a_field_without_a_command_line_form_fails_loudly():
 
 
 def test_optional_numbers_take_none_lists_repeat_and_numbers_are_finite(parser):
-    args = parser.parse_args(["m", "--data", "d", "--max-grad-norm", "none", "--max-steps", "None",
+    args = parser.parse_args(["m", "--data", "d", "--max-grad-norm", "none", "--max-steps", "None", "--method", "lora",
                               "--target", "q_proj", "--target", "k_proj", "v_proj"])
     config = config_from_args(FinetuneConfig(), args)
     assert config.train.max_grad_norm is None and config.train.max_steps is None
