@@ -109,6 +109,9 @@ CASES = {
            ("rag ask question", ["rag", "ask", "{root}/no-index", "hi \udcff there", "--model", M], "the question"),
            ("reward score text", ["reward", "score", M, "hi \udcff there"], "text 1"),
            ("generate --stop", ["generate", M, "hi", "--stop", "hi \udcff there"], "--stop"))},
+    "generate --min-new-tokens above --max-new-tokens": (["generate", M, "hi", "--min-new-tokens", "5",
+                                                          "--max-new-tokens", "2"],
+                                                         "argument --min-new-tokens: must be at most --max-new-tokens (2)"),
     # empty names that were accepted: serve started with no model name, pretrain sampled nothing
     "serve --served-model-name empty": (["serve", M, "--served-model-name", " "], "argument --served-model-name: is empty"),
     "pretrain --sample-prompts empty": (["pretrain", "--data", "{root}/corpus.txt", "--tokenizer", M, "--sample-prompts",

@@ -86,6 +86,9 @@ def generation_overrides(args) -> dict:
         raise OptionError("max_new_tokens", "must be an integer >= 1", overrides["max_new_tokens"])
     if overrides.get("seed", 0) < 0:
         raise OptionError("seed", "must be an integer >= 0", overrides["seed"])
+    if overrides.get("min_new_tokens", 0) > overrides.get("max_new_tokens", float("inf")):
+        raise OptionError("min_new_tokens", f"must be at most --max-new-tokens ({overrides['max_new_tokens']}): "
+                          "generation stops there", overrides["min_new_tokens"])
     for stop in overrides.get("stop") or ():
         utf8(stop, "--stop")
     if getattr(args, "device", None) is not None:
