@@ -1,8 +1,10 @@
 """The server's limits and life cycle: a full queue answers 503 with Retry-After and loses no accepted
 request, bodies over the limit get 413 (with or without Content-Length), /health says 503 while the
-model loads, the key can come from the environment, and a model that cannot be served stops the
+model loads, the key can come from the environment, an engine failure during a stream is sent as an
+error chunk then [DONE] (and the server goes on), and a model that cannot be served stops the
 command with a clear message."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -107,6 +109,38 @@ def test_health_is_503_while_loading_and_the_key_can_come_from_the_environment(f
         assert client.get("/v1/models").status_code == 401
         models = client.get("/v1/models", headers={"Authorization": "Bearer from-env"}).json()
         assert models["data"][0]["id"] == "tiny-chat"
+
+
+def test_an_error_during_a_stream_is_an_error_chunk_then_done_and_the_server_goes_on(folder):
+    config = ServeConfig(compile=False, embedding_model="none")
+    app = create_app(folder, config)
+    with TestClient(app) as client:
+        assert app.state.runtime.wait(60)
+        engine = app.state.runtime.engine
+        step, calls = engine._step, []
+
+        def failing_step():                          # the third decoding step fails (as an out-of-memory would)
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("out of memory (injected)")
+            step()
+        engine._step = failing_step
+        body = {"messages": MESSAGES, "max_tokens": 20, "min_tokens": 20, "temperature": 0, "stream": True}
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]"
+        error = json.loads(lines[-2][len("data: "):])["error"]
+        assert error["type"] == "server_error" and "out of memory (injected)" in error["message"]
+        chunks = [json.loads(line[len("data: "):]) for line in lines[:-2]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        texts = [c["choices"][0]["delta"]["content"] for c in chunks[1:]]
+        assert 1 <= len(texts) <= 3 and all(texts)         # the text of the 3 tokens picked before the failure
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks)
+        whole = client.post("/v1/chat/completions", json={**body, "stream": False})   # the engine goes on
+        assert whole.status_code == 200 and whole.json()["usage"]["completion_tokens"] == 20
+        assert whole.json()["choices"][0]["message"]["content"].startswith("".join(texts))
+        engine._step = step
 
 
 def test_a_model_that_cannot_be_served_stops_the_command_with_a_clear_message(tmp_path):
