@@ -47,6 +47,9 @@ def root(tmp_path_factory) -> Path:
     (root / "label-nan.jsonl").write_text(rows + '{"text": "t", "label": NaN}\n')
     (root / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) + "\n"
                                               for i in range(4)))
+    for name, messages in (("messages-text", "hello"), ("messages-no-role", [{"content": "hi"}]),
+                           ("messages-wizard", [{"role": "wizard", "content": "hi"}])):
+        (root / f"{name}.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
     (root / "docs").mkdir()
     (root / "docs" / "a.txt").write_text("the fox runs over the hill\n" * 20)
     return root
@@ -112,6 +115,12 @@ CASES = {
     "generate --min-new-tokens above --max-new-tokens": (["generate", M, "hi", "--min-new-tokens", "5",
                                                           "--max-new-tokens", "2"],
                                                          "argument --min-new-tokens: must be at most --max-new-tokens (2)"),
+    # a prompts row whose messages are no conversation: "the chat template refused this conversation: 'str
+    # object' has no attribute 'role'", naming neither the file nor the row; a role it does not know: trained on
+    **{f"rlhf messages {name}": (["rlhf", M, "--prompts", "{root}/" + file, "--chat-template", "--reward", "profanity",
+                                  "--out", "{root}/rl"], f"{file}: row 1's 'messages' must be a list of")
+       for name, file in (("not a list", "messages-text.jsonl"), ("without role", "messages-no-role.jsonl"),
+                          ("unknown role", "messages-wizard.jsonl"))},
     # empty names that were accepted: serve started with no model name, pretrain sampled nothing
     "serve --served-model-name empty": (["serve", M, "--served-model-name", " "], "argument --served-model-name: is empty"),
     "pretrain --sample-prompts empty": (["pretrain", "--data", "{root}/corpus.txt", "--tokenizer", M, "--sample-prompts",

@@ -37,6 +37,7 @@ from .finetune import LoraConfig
 Method = Literal["lora", "full"]
 METHODS = get_args(Method)
 DEFAULT_LR = {"lora": 1e-4, "full": 1.41e-5}
+ROLES = ("system", "user", "assistant")  # the roles of a prompt row's `messages`
 DETOX = "detox"  # --prompts detox: the lab's prompts (gencycle.data.detox); its held-out split is detox:test
 
 
@@ -198,6 +199,12 @@ def tokenize_prompts(rows: list[dict], tokenizer, config: PromptsConfig, option:
                               f"(its fields: {fields}); name the prompt's field with --prompt-field")
         if config.chat_template:
             messages = messages or [{"role": "user", "content": text}]
+            if not isinstance(messages, list) or not messages or not all(
+                    isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
+                    for m in messages):
+                raise OptionError(option, "", message=f"{source}: row {number}'s 'messages' must be a list of "
+                                  f"{{\"role\": {' | '.join(ROLES)}, \"content\": text}} objects, got "
+                                  f"{str(messages)[:120]}")
             ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
             text = text if isinstance(text, str) and text.strip() else messages[-1]["content"]
         else:
