@@ -181,3 +181,11 @@ def test_options_of_another_method_warn_that_they_are_ignored(verb, argv, flags)
         warnings.simplefilter("error")  # the method's own options, and defaults, say nothing
         config_from_args(config, parser.parse_args([verb, *base, "--method", "lora", "--lora-rank", "4"]))
     assert command_parser(parser, args).prog.endswith(verb)
+
+
+def test_agent_index_without_the_search_tool_says_it_is_ignored(root, capsys):
+    """`agent --index PATH` with the default tools (calculator, python) never read the index, without a word."""
+    code, out, err = run(["agent", "what is 2 + 2?", "--model", str(root / "model"), "--index", str(root / "no-index"),
+                          "--max-steps", "1", "--max-new-tokens", "2"], capsys)
+    assert code == 0 and "warning: --index is read by the search tool only: ignored with --tools calculator python" \
+        in err, err[-500:]

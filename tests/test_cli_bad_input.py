@@ -75,7 +75,10 @@ PATHS = [
     ("reward train", 0, "model"), ("reward train", "--data", "data"), ("reward train", "--out", "out"),
     ("reward score", 0, "model"),
     ("pretrain", "--tokenizer", "tokenizer"), ("pretrain", "--out", "out"),
-    ("serve", 0, "model"),
+    ("serve", 0, "model"), ("serve", "--embedding-model", "model"),
+    ("rag index", 0, "text"), ("rag index", "--index", "out"), ("rag index", "--embedder", "model"),
+    ("rag search", 0, "index"), ("rag ask", 0, "index"), ("rag ask", "--model", "model"),
+    ("agent", "--model", "model"),
 ]
 # The bad values of each kind: a missing path, the wrong kind of path, a folder without the files.
 BAD_PATHS = {
@@ -86,6 +89,7 @@ BAD_PATHS = {
     "out": ["{file}"],
     "image": ["{empty}"],
     "tokenizer": ["{file}"],   # pretrain trains a tokenizer into a missing or empty folder
+    "index": ["{missing}", "{file}", "{empty}"],
 }
 ZERO = re.compile(r"(?<![\w.<>])(?<![<>] )0(?:\.0+)?(?![\w]|\.\d)")
 

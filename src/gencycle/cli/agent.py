@@ -49,6 +49,10 @@ def run(args) -> None:
         make_tools([t for t in config.tools if t != "search"])  # unknown names: refused before loading anything
         if "search" in config.tools and not args.index_path:
             raise ValueError("the search tool needs a RAG index: pass --index PATH (built by gencycle rag index)")
+    if args.index_path and (args.pal or "search" not in config.tools):
+        import warnings
+        warnings.warn("--index is read by the search tool only: ignored " + ("with --pal" if args.pal else
+                      f"with --tools {' '.join(config.tools)} (add search to --tools to use it)"))
     utf8(args.question, "the question")
     if not args.question.strip():
         raise ValueError("the question is empty")
