@@ -189,3 +189,52 @@ def test_agent_index_without_the_search_tool_says_it_is_ignored(root, capsys):
                           "--max-steps", "1", "--max-new-tokens", "2"], capsys)
     assert code == 0 and "warning: --index is read by the search tool only: ignored with --tools calculator python" \
         in err, err[-500:]
+
+
+def test_reward_and_judge_settings_they_do_not_read_warn(root):
+    """--reward-label with --reward profanity, or --judge-label without a classifier judge, were ignored silently."""
+    import warnings
+    from gencycle.workflows import override
+    from gencycle.workflows.rlhf import RlhfConfig
+    cases = [(dict(reward_label="toxic"), "profanity",
+              "--reward-label is read by a reward model folder: ignored with --reward profanity"),
+             (dict(reward_kind="prob", reward_on="prompt+completion"), "rewards.py:score",
+              "--reward-kind and --reward-on are read by a reward model folder: ignored with --reward rewards.py:score"),
+             (dict(judge_label="toxic"), "profanity", "--judge-label is read by a classifier folder among --judges: "
+                                                      "ignored (no --judges)"),
+             (dict(judge_label="toxic", judges=("profanity",)), "profanity",
+              "--judge-label is read by a classifier folder among --judges: ignored with --judges profanity")]
+    for values, reward, message in cases:
+        with pytest.warns(UserWarning) as caught:
+            override(RlhfConfig(), out=None, **values).warn_unused(reward)
+        assert [str(w.message) for w in caught] == [message]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a reward model folder and a classifier judge read them
+        override(RlhfConfig(), out=None, reward_label="ok", judge_label="toxic",
+                 judges=("profanity", str(root / "model"))).warn_unused(str(root / "model"))
+
+
+def test_pretrain_tokenizer_settings_with_a_tokenizer_there_warn(root):
+    from gencycle.training.distributed import setup
+    from gencycle.workflows.pretrain import CorpusConfig, prepare_tokenizer
+    with pytest.warns(UserWarning, match="--tokenizer-kind and --tokenizer-vocab-size train a tokenizer into a folder "
+                                         "without one; .* has one, loaded as it is: they are ignored"):
+        tokenizer, trained = prepare_tokenizer(str(root / "model"), [], "decoder", CorpusConfig(tokenizer_kind="unigram"),
+                                               setup("cpu"))
+    assert not trained and tokenizer.vocab_size > 0
+
+
+def test_finetune_eval_every_without_eval_data_warns(root, capsys):
+    code, _, err = run(["finetune", str(root / "model"), "--data", str(root / "pairs.jsonl"), "--eval-every", "1",
+                        "--max-steps", "1", "--rouge-examples", "0", "--no-progress", "--out", str(root / "ft-eval")],
+                       capsys)
+    assert code == 0 and "warning: --eval-every needs eval data (--eval-data, or a folder's validation split)" in err
+
+
+def test_prompt_init_text_with_vocab_init_is_refused():
+    from gencycle.errors import OptionError
+    from gencycle.workflows.finetune import PromptTuningConfig
+    with pytest.raises(OptionError, match="prompt_init 'vocab' starts it from random tokens") as error:
+        PromptTuningConfig(prompt_init="vocab", prompt_init_text="summarize:")
+    assert error.value.option == "prompt_init_text"
+    assert PromptTuningConfig(prompt_init_text="summarize:").prompt_init_text == "summarize:"  # random + text: text

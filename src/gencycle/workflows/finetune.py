@@ -132,6 +132,9 @@ class PromptTuningConfig:
             raise OptionError("prompt_init_text", "must be a non-empty text", self.prompt_init_text)
         if self.prompt_init == "text" and self.prompt_init_text is None:
             raise OptionError("prompt_init", "", message="prompt_init 'text' needs prompt_init_text")
+        if self.prompt_init == "vocab" and self.prompt_init_text is not None:  # it was ignored silently
+            raise OptionError("prompt_init_text", "", message="prompt_init_text starts the soft prompt from a text "
+                              "(prompt_init text); prompt_init 'vocab' starts it from random tokens: give one of them")
 
 
 @dataclass
@@ -308,6 +311,10 @@ def finetune(model: str | Path | torch.nn.Module, data: str | Path | Sequence[di
     if base_config.architecture == "encoder":
         raise ValueError("instruction fine-tuning needs a decoder or encoder-decoder model, not an encoder-only one")
     examples = instruction_data(data, config.data, tokenizer, base_config, config.measure.rouge_examples)
+    if config.train.eval_every and examples.eval is None:
+        import warnings
+        warnings.warn("--eval-every needs eval data (--eval-data, or a folder's validation split): no eval loss "
+                      "is computed")
     general = steps.load_texts(config.measure.general_text) if config.measure.general_text is not None else None
     measure = dict(max_new_tokens=config.measure.max_new_tokens, max_length=example_length(config.data, base_config))
     # measure before (main process), adapt, train

@@ -261,6 +261,10 @@ def prepare_tokenizer(tokenizer, train_texts: list[str], arch: str, data: Corpus
                                        model_max_length=data.block_size, show_progress=False,
                                        length=len(train_texts))
         dist.barrier()
+    elif data.tokenizer_kind is not None or data.tokenizer_vocab_size != CorpusConfig.tokenizer_vocab_size:
+        import warnings
+        warnings.warn(f"--tokenizer-kind and --tokenizer-vocab-size train a tokenizer into a folder without one; "
+                      f"{str(folder)!r} has one, loaded as it is: they are ignored")
     return load_tokenizer(folder), not has
 
 

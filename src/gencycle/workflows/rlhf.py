@@ -157,6 +157,27 @@ class RlhfConfig:
                 check_input(value, option)
         if self.run.out is not None:
             check_output(self.run.out, "out")
+        self.warn_unused(reward)
+
+    def warn_unused(self, reward) -> None:
+        """Warn about settings that the reward and the judges given do not read (they were ignored silently)."""
+        import warnings
+
+        def model_folder(spec) -> bool:
+            return not isinstance(spec, (str, Path)) or Path(str(spec)).is_dir()
+        settings, default = self.reward, RewardSettings()
+        if not model_folder(reward):
+            unused = [name for name in ("reward_label", "reward_kind")
+                      if getattr(settings, name) != getattr(default, name)]
+            if ":" in str(reward) and settings.reward_on != default.reward_on:
+                unused.append("reward_on")  # a function gets prompts and completions apart
+            if unused:
+                flags = " and ".join("--" + name.replace("_", "-") for name in unused)
+                warnings.warn(f"{flags} {'is' if len(unused) == 1 else 'are'} read by a reward model folder: "
+                              f"ignored with --reward {reward}")
+        if self.measure.judge_label is not None and not any(model_folder(j) for j in self.measure.judges):
+            warnings.warn("--judge-label is read by a classifier folder among --judges: ignored "
+                          + ("(no --judges)" if not self.measure.judges else f"with --judges {' '.join(map(str, self.measure.judges))}"))
 
 
 # ------------------------------------------------------------------ prompts
