@@ -238,3 +238,15 @@ def test_prompt_init_text_with_vocab_init_is_refused():
         PromptTuningConfig(prompt_init="vocab", prompt_init_text="summarize:")
     assert error.value.option == "prompt_init_text"
     assert PromptTuningConfig(prompt_init_text="summarize:").prompt_init_text == "summarize:"  # random + text: text
+
+
+def test_dpo_sampling_settings_without_reward_warn(root, capsys):
+    """dpo --samples-per-prompt 8 without --reward trained on --data's pairs and said nothing."""
+    preferences = root / "preferences.jsonl"
+    preferences.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n"
+                                   for i in range(4)))
+    code, _, err = run(["dpo", str(root / "model"), "--data", str(preferences), "--samples-per-prompt", "8",
+                        "--reward-on", "prompt+completion", "--max-steps", "1", "--no-progress", "--out",
+                        str(root / "dpo")], capsys)
+    assert code == 0 and ("warning: --reward-on, --samples-per-prompt: settings of pairs sampled with --reward; "
+                          "ignored without it") in err, err[-500:]

@@ -237,6 +237,13 @@ def dpo(model: str | Path | torch.nn.Module, data: str | Path | Sequence[dict], 
     when pairs are sampled (--reward, or `reward_fn(prompts, completions) -> list[float]`).
     `options` override config fields by name: dpo(model, data, method="full", beta=0.2, max_steps=10)."""
     config = override(config or DpoConfig(), **options)
+    if config.sampling.reward is None and reward_fn is None:
+        unused = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(PairSamplingConfig)
+                  if getattr(config.sampling, f.name) != getattr(PairSamplingConfig(), f.name)]
+        if unused:  # they were ignored without a word
+            import warnings
+            warnings.warn(f"{', '.join(unused)}: settings of pairs sampled with --reward; ignored without it "
+                          "(--data holds the pairs)")
     train_config = config.train_config()
     seed_everything(train_config.seed)
     loaded = steps.load(model, tokenizer, config.run)
