@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from .. import compute
+from .options import number
 
 
 def register(subparsers) -> None:
@@ -23,11 +24,11 @@ def register(subparsers) -> None:
     p.add_argument("--sharding", default="none", help=f"one of {', '.join(compute.SHARDINGS)} (default: none)")
     p.add_argument("--dtype", default="bf16", help="training precision (bf16 / fp16: mixed with fp32 master "
                    "weights; fp32), also the KV cache's (default: bf16)")
-    p.add_argument("--peak-tflops", type=float, default=compute.DEFAULT_PEAK_TFLOPS,
+    p.add_argument("--peak-tflops", type=number(float), default=compute.DEFAULT_PEAK_TFLOPS,
                    help=f"peak TFLOP/s of one device (default: {compute.DEFAULT_PEAK_TFLOPS:g}, an A100 in bf16)")
-    p.add_argument("--mfu", type=float, default=compute.DEFAULT_MFU,
-                   help=f"model FLOPs utilisation, 0..1 (default: {compute.DEFAULT_MFU:g})")
-    p.add_argument("--budget", type=float, help="FLOPs for the compute-optimal split (default: this run's 6ND)")
+    p.add_argument("--mfu", type=number(float), default=compute.DEFAULT_MFU,
+                   help=f"model FLOPs utilisation, in (0, 1] (default: {compute.DEFAULT_MFU:g})")
+    p.add_argument("--budget", type=number(float), help="FLOPs for the compute-optimal split (default: this run's 6ND)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.set_defaults(func=run)
 
