@@ -262,6 +262,21 @@ def test_bad_paths_are_refused_naming_the_file(verb, where, bad, files, tmp_path
     assert problem is None, f"{where} = {bad}: {problem}; stderr: {err[-800:]!r}"
 
 
+def test_every_numeric_flag_refuses_nan_and_infinity():
+    """`estimate --mfu inf` was accepted (a run of 0 s): every number a flag takes is finite."""
+    accepted = []
+    for verb, parser in PARSERS.items():
+        for action in parser._actions:
+            if action.option_strings and numeric(action):
+                for text in ("nan", "inf", "-inf"):
+                    try:
+                        action.type(text)
+                    except (argparse.ArgumentTypeError, ValueError):
+                        continue
+                    accepted.append(f"{verb} {max(action.option_strings, key=len)} {text}")
+    assert not accepted, accepted
+
+
 def test_every_flag_has_help_and_says_its_default():
     """Every flag of every verb has a help line; one whose default is a value says that value (argparse
     lists the choices of a flag that has them)."""
