@@ -8,8 +8,9 @@ fresh compiled-steps folder, so that an earlier run cannot have done it); the se
 compiled: goal 3 is the second's first token.
 
 Then `gencycle generate MODEL PROMPT --max-new-tokens 32`, whole process wall time, twice each:
-with the defaults (compiled ahead of time, again in a fresh folder: first process builds, second
-loads) and with --no-compile (eager decoding, what `generate` did before the defaults).
+with the defaults (compiled ahead of time: the chats built the step, so both processes load it;
+the first chat's time is what the first run of a shape costs) and with --no-compile (eager
+decoding, what `generate` did before the defaults).
 
     python -m benchmarks.start [--model smollm2-135m-instruct] [--runs 2]
 """
@@ -95,8 +96,7 @@ def main(model: str = "smollm2-135m-instruct", runs: int = 2) -> tuple[str, dict
             chats.append(time_chat(model, env={"GENCYCLE_CACHE": str(caches[-1])}))
         print("  chat --no-compile (eager decoding, for comparison) ...", flush=True)
         eager_chat = time_chat(model, extra=("--no-compile",))
-        caches.append(fresh_cache())
-        generates = {}
+        generates = {}  # the chats' folder: the chat's step shape (batch 1, 64 slots) serves these prompts too
         for name, extra, env in (("defaults", (), {"GENCYCLE_CACHE": str(caches[-1])}),
                                  ("--no-compile", ("--no-compile",), {})):
             for run in range(runs):
