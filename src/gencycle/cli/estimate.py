@@ -39,6 +39,8 @@ def count(text: str) -> int:
         return int(text) if text.lstrip("-").replace("_", "").isdigit() else int(float(text))
     except ValueError:
         raise ValueError(f"not a number: {text!r}") from None
+    except OverflowError:  # int(float("inf")): argparse lets it escape as a traceback
+        raise ValueError(f"not a finite number: {text!r}") from None
 
 
 def resolve_config(source: str):
