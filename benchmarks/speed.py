@@ -255,7 +255,7 @@ def goals(runs: list[Run], llama: dict | None, start: dict | None, model: str = 
         generate = start.get("generate")
         if generate:
             ours, eager = generate["defaults"], generate["--no-compile"]
-            rows.append(["4. `gencycle generate`, 32 tokens, whole process with the defaults: first / second",
+            rows.append(["4. `gencycle generate`, 16 tokens, whole process with the defaults: first / second",
                          f"{ours[0]:.1f} / {ours[-1]:.1f} s", f"(--no-compile: {eager[0]:.1f} / {eager[-1]:.1f} s)",
                          "said"])
     value = int4.prefill / llama["prefill"] if int4 and llama else None

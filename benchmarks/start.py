@@ -7,7 +7,7 @@ byte of the reply (the first generated token: the eager prefill's) and at the en
 fresh compiled-steps folder, so that an earlier run cannot have done it); the second finds them
 compiled: goal 3 is the second's first token.
 
-Then `gencycle generate MODEL PROMPT --max-new-tokens 32`, whole process wall time, twice each:
+Then `gencycle generate MODEL PROMPT --max-new-tokens 16`, whole process wall time, twice each:
 with the defaults (compiled ahead of time: the chats built the step, so both processes load it;
 the first chat's time is what the first run of a shape costs) and with --no-compile (eager
 decoding, what `generate` did before the defaults).
@@ -75,7 +75,7 @@ def time_chat(model: str = "smollm2-135m-instruct", new_tokens: int = 16, timeou
 
 def time_generate(model: str, extra: tuple[str, ...] = (), env: dict | None = None, timeout: float = 1800) -> dict:
     """Wall time of one `gencycle generate` process, and the defaults line it printed."""
-    command = [sys.executable, "-m", "gencycle.cli", "generate", model, MESSAGE, "--max-new-tokens", "32", *extra]
+    command = [sys.executable, "-m", "gencycle.cli", "generate", model, MESSAGE, "--max-new-tokens", "16", *extra]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
@@ -112,7 +112,7 @@ def main(model: str = "smollm2-135m-instruct", runs: int = 2) -> tuple[str, dict
             + f"\n- for comparison, `--no-compile` (eager decoding): first token after {eager_chat['first_token']:.1f} s, "
             f"the reply done after {eager_chat['reply']:.1f} s (most of a start is importing torch and loading the "
             "model: on a busy machine, seconds)")
-    rows = [f"- `gencycle generate {model} '{MESSAGE}' --max-new-tokens 32" + ("" if name == "defaults" else f" {name}")
+    rows = [f"- `gencycle generate {model} '{MESSAGE}' --max-new-tokens 16" + ("" if name == "defaults" else f" {name}")
             + "`: " + ", ".join(f"process {i + 1} {r['seconds']:.1f} s" for i, r in enumerate(results))
             + f" (same text in each: {len({r['text'] for r in results}) == 1})"
             for name, results in generates.items()]
