@@ -391,9 +391,13 @@ def _byte_spelling() -> dict[int, str]:
 
 def _from_gguf(file: Path) -> Tokenizer:
     """A byte-level BPE from a GGUF's llama.cpp metadata, built the way transformers' GGUF loader builds it."""
-    from .checkpoints.gguf import _open
+    from gguf import GGUFReader
 
-    fields = _open(file).fields  # a truncated or garbage file is named, as the weights reader names it
+    try:
+        fields = GGUFReader(file).fields
+    except Exception as error:  # noqa: BLE001 - the reader raises ValueError, KeyError, ... on bad bytes
+        raise UserError(f"{str(file)!r} is truncated or corrupt: the GGUF reader failed with "
+                        f"{type(error).__name__}: {error}") from None
 
     def get(key, default=None):
         return fields[key].contents() if key in fields else default
