@@ -72,7 +72,7 @@ CASES = {
                                          "tokenizer_config.json: malformed JSON"),
     "serve bad generation_config": (["serve", "{root}/bad-generation-config"],
                                     "generation_config.json: top_p must be a number in (0, 1]"),
-    "serve garbage gguf": (["serve", "{root}/garbage.gguf"], "garbage.gguf' is truncated or corrupt"),
+    "serve garbage gguf": (["serve", "{root}/garbage.gguf"], "garbage.gguf' is not a GGUF file of version 2 or 3"),
     "serve embedding model file": (["serve", M, "--embedding-model", "{root}/corpus.txt"], "corpus.txt' is a file"),
     # a device name torch does not know: was a RuntimeError from torch.device
     **{f"{verb[0]} --device bogus": ([*verb, "--device", "bogus"], "argument --device: must be a device such as")

@@ -35,9 +35,10 @@ def register(subparsers) -> None:
 
 def check_model(name_or_path, tokenizer: bool = True) -> None:
     """Refuse a model that cannot load before any work, since the server loads it only after it has
-    started: a missing path, a file that is not GGUF, a folder without a readable config.json, a
-    weights file whose header is damaged, a tokenizer or generation_config.json that does not read.
-    Cheap: no weights are read."""
+    started: a missing path, a file that is not GGUF (magic and version), a folder without a readable
+    config.json, a weights file whose header is damaged, a tokenizer or generation_config.json that
+    does not read. Cheap: no weights are read (so a GGUF truncated after its header is found by the
+    load, after the server started)."""
     from ..assets import resolve
     from ..checkpoints import WEIGHT_FILES, load_config
     from ..errors import UserError
@@ -46,8 +47,10 @@ def check_model(name_or_path, tokenizer: bool = True) -> None:
         if path.suffix != ".gguf":
             raise UserError(f"{str(path)!r} is a file, not a model: give a model folder (with config.json) "
                             "or a .gguf file")
-        from ..checkpoints.gguf import _open
-        _open(path)  # the header and the tensors' extents, without reading the weights
+        with open(path, "rb") as file:  # the magic and the version (a full header read takes seconds)
+            head = file.read(8)
+        if head[:4] != b"GGUF" or len(head) < 8 or int.from_bytes(head[4:8], "little") not in (2, 3):
+            raise UserError(f"{str(path)!r} is not a GGUF file of version 2 or 3 (it starts with {head!r})")
         return
     load_config(path)  # config.json is there, is JSON, and names a supported family with sane sizes
     weights = next((path / name for name in WEIGHT_FILES if (path / name).is_file()), None)
