@@ -7,6 +7,7 @@ proves the code does it. tests/test_cli_bad_input.py refuses every other 0 and n
     pretrain --temperature 0   the samples are greedy
     rag index --chunk-overlap 0     consecutive chunks share no token
     rag search --rrf-k 0       reciprocal rank fusion scores 1 / rank
+    rlhf --kl-coef 0           no KL penalty: the score alone (and an adaptive coefficient stays 0)
 """
 
 from __future__ import annotations
@@ -151,3 +152,18 @@ def test_rrf_k_0_scores_one_over_rank():
     assert SearchConfig(rrf_k=0).rrf_k == 0
     fused = dict(reciprocal_rank_fusion([[7, 8, 9], [8, 7]], rrf_k=0))
     assert fused == pytest.approx({7: 1 + 1 / 2, 8: 1 / 2 + 1, 9: 1 / 3})
+
+
+def test_rlhf_kl_coef_0_gives_the_score_alone_and_adaptive_kl_stays_at_0():
+    import torch
+    from gencycle.alignment.losses import AdaptiveKLController, kl_penalized_rewards
+    from gencycle.alignment.ppo import PPOConfig
+    assert "0: no penalty" in help_of("rlhf", "--kl-coef")
+    logprobs, ref = torch.tensor([[-1.0, -2.0, -0.5]]), torch.tensor([[-3.0, -0.1, -2.0]])  # far apart: a big KL
+    mask = torch.tensor([[0, 1, 1]])
+    rewards = kl_penalized_rewards(torch.tensor([0.7]), logprobs, ref, mask, kl_coef=0.0)
+    assert rewards.tolist() == [[0.0, 0.0, pytest.approx(0.7)]]  # the score on the last token, no penalty
+    assert kl_penalized_rewards(torch.tensor([0.7]), logprobs, ref, mask, kl_coef=0.2)[0, 1] != 0
+    controller = PPOConfig(kl_coef=0.0, adaptive_kl=True).kl_controller()
+    assert isinstance(controller, AdaptiveKLController)
+    assert [controller.update(50.0, 8) for _ in range(3)] == [0.0, 0.0, 0.0]  # a KL far above target: still 0
