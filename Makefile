@@ -91,6 +91,8 @@ detox-lab: $(BIN)/.installed
 # A small GPT (gpt-mini: 6.9M parameters) pretrained from scratch on Jane Austen's six novels, on the CPU:
 # a byte-level BPE tokenizer trained on them first, samples before / during / after, the loss curve in
 # runs/pretrain-austen/loss_curve.png. Needs Debian's r-cran-janeaustenr (apt-get install r-cran-janeaustenr).
+# 400 steps of 16 x 256 tokens (1.64M tokens): about 830 CPU-seconds in all on this 2-core Xeon (measured under
+# load), so about 7-10 minutes on an idle 2-core machine; 23 minutes at load average 4-7.
 pretrain-demo: $(BIN)/.installed
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/gencycle pretrain --arch decoder --config gpt-mini --data austen \
 		--tokenizer runs/austen-bpe-8k --tokenizer-vocab-size 8192 --out runs/pretrain-austen \
