@@ -169,7 +169,7 @@ def test_cli_generate_and_chat(folder, llm, capsys, monkeypatch):
                  "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("[1] ")
     assert main(["generate", str(folder), "hello", "--top-p", "1.5"]) == 2
-    assert "top_p must be a number in (0, 1]" in capsys.readouterr().err
+    assert "argument --top-p: must be a number in (0, 1]" in capsys.readouterr().err  # the flag, not the field
 
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("hello\nhow are you\n/reset\nhello\n/exit\n"))
     assert main(["chat", str(folder), "--max-new-tokens", "6"]) == 0
