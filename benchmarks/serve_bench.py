@@ -183,7 +183,7 @@ class Process:
 def start_gencycle(model: str, threads: int, extra: list[str], timeout: float) -> Process:
     port = free_port()
     command = [sys.executable, "-m", "gencycle.cli", "serve", model, "--port", str(port), "--quantize", "int4",
-               "--max-concurrency", str(PARALLEL), "--embedding-model", "none", "--log-level", "warning", *extra]
+               "--max-concurrency", str(PARALLEL), "--embedding-model", "none", "--log-level", "info", *extra]
     os.environ["OMP_NUM_THREADS"] = str(threads)
     return Process("gencycle serve", command, port, timeout, BUILD / "serve-bench-gencycle.log")
 
@@ -304,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
         print("starting gencycle serve (int4, compiled decoding warmed up before it is ready) ...", flush=True)
         servers["gencycle"] = (start_gencycle(args.model, args.threads, args.gencycle_args, args.ready_timeout), body)
         print(f"  ready after {servers['gencycle'][0].ready_seconds:.0f} s", flush=True)
+        for line in (BUILD / "serve-bench-gencycle.log").read_text().splitlines():
+            if "decoding" in line and "row(s)" in line:              # the engine's compiled / eager choice
+                print("  " + line.split(":", 1)[1].strip(), flush=True)
         if not note:
             print("starting llama-server ...", flush=True)
             servers["llama-server"] = (start_llama(args.threads, args.ready_timeout), {**body, "cache_prompt": False})

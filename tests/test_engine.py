@@ -238,8 +238,16 @@ def test_compiled_steps_with_rows_joining_and_leaving(llm, tmp_path):
     config = model.make_config(max_new_tokens=24)
     expected = [model.generate(p, max_new_tokens=24) for p in PROMPTS]
     with Engine(model.model, model.tokenizer, max_batch=4, compiled=True) as engine:
-        engine.warm_up(slots=(64,))
+        engine.warm_up(slots=(64,), keep_faster=False)        # compiled steps at every row count
+        assert engine.eager_rows == set() and engine.step_choice == {}
         results = run_staggered(engine, model, [(p, config, {}) for p in PROMPTS], gap_steps=1)
         assert [r[0].text for r in results] == expected
+        engine.warm_up(slots=(64,))                            # built already: now timed against eager steps
+        assert set(engine.step_choice) == set(engine.row_buckets)
+        for rows, (choice, compiled, eager) in engine.step_choice.items():
+            assert compiled > 0 and eager > 0 and (choice == "eager") == (eager < compiled)
+            assert (rows in engine.eager_rows) == (choice == "eager")
+        results = run_staggered(engine, model, [(p, config, {}) for p in PROMPTS], gap_steps=1)
+        assert [r[0].text for r in results] == expected      # whichever step each row count uses
         long = engine.complete(ids(model, PROMPTS[4]), model.make_config(max_new_tokens=90, eos_token_id=[]))[0]
         assert long.completion_tokens == 90   # outgrew 64 slots: moved to a bigger cache
