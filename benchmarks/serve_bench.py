@@ -245,13 +245,13 @@ def measure(servers: dict[str, tuple[Process, dict]], prompts: list[str], client
 
 
 def report(results: dict[str, dict[int, dict]], clients: list[int], note: str) -> str:
-    headers = ["server", "clients", "requests done", "errors", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms",
+    headers = ["server", "clients", "requests done", "errors", "lost", "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms",
                "ITL p95 ms", "tokens/s", "same text as alone"]
     rows = []
     for name, by_n in results.items():
         for n in clients:
             r = by_n[n]
-            rows.append([name, n, r["requests"], r["errors"], r["ttft_p50"], r["ttft_p95"], r["itl_p50"],
+            rows.append([name, n, r["requests"], r["errors"], r["lost"], r["ttft_p50"], r["ttft_p95"], r["itl_p50"],
                          r["itl_p95"], r["tokens_per_s"], r.get("same", "-")])
     text = table(headers, rows)
     if "llama-server" in results and "gencycle" in results:
