@@ -38,13 +38,18 @@ LORA_TARGET = ("q_proj", "k_proj", "v_proj", "o_proj")
 # lab's transformer reward model (all-MiniLM-L6-v2 trained on chitchat messages labelled by
 # alt-profanity-check, its raw non-toxic logit as the reward), measured on 200 held-out prompts by
 # alt-profanity-check and by the reward model's P(toxic). `make detox-lab` trains that reward model
-# into `runs/detox-lab/rm/model` first; it takes about 2 hours on 2 busy cores, and the README's
-# "Alignment" section holds its before / after table.
+# into `runs/detox-lab/rm/model` first (run it once before setting `BIGGER`); the whole lab takes
+# about 2 hours on 2 busy cores and writes its before / after table to
+# `runs/detox-lab/ppo/report.json`, the run the README's "Alignment" section reports.
 
 # %%
 BIGGER = False
 LAB_REWARD_MODEL = "../detox-lab/rm/model"   # from runs/notebooks/, where `make notebooks` runs this
 if BIGGER:
+    from pathlib import Path
+    if not (Path(LAB_REWARD_MODEL) / "config.json").is_file():
+        raise FileNotFoundError(f"{LAB_REWARD_MODEL}: the lab's reward model is not there; `make detox-lab` "
+                                "trains it (or point LAB_REWARD_MODEL at a `gencycle reward train` folder)")
     PPO_STEPS, BATCH_SIZE, PPO_EPOCHS, MAX_NEW_TOKENS, LR, KL_COEF = 30, 16, 2, 32, 2e-4, 0.05
     EVAL_PROMPTS, MEASURE_BATCH = 200, 25
 
