@@ -59,6 +59,10 @@ def test_notebooks_execute(tmp_path):
     for path in NOTEBOOKS:
         executed = nbformat.read(tmp_path / path.name, as_version=4)
         assert all(c.execution_count for c in executed.cells if c.cell_type == "code" and c.source.strip())
+        for cell in executed.cells:  # a figure shown is a figure in the output (not lost to a file-only backend)
+            if cell.cell_type == "code" and "plt.show()" in cell.source:
+                assert any("image/png" in o.get("data", {}) for o in cell.outputs), \
+                    f"{path.name}: a cell calls plt.show() but its output holds no image:\n{cell.source[:200]}"
 
 
 def _write(folder, name, *cells):

@@ -212,6 +212,9 @@ from IPython.display import Image, display
 tokens, weights = attention_maps(model, tokenizer, SENTENCE, layer=LAYER)
 path = plot_attention(tokens, weights, Path("anatomy_attention.png"), title=f"SmolLM2, layer {LAYER}")
 display(Image(filename=str(path)))
+%matplotlib inline
+# (plot_attention draws into a file with matplotlib's file-only "Agg" backend; the line above turns
+# the notebook's own figures back on for the cells below)
 # Most heads put much of their weight on the first token; which token does each one like best after it?
 for head in range(weights.shape[0]):
     favourite = [0] + (weights[head, 1:, 1:].argmax(-1) + 1).tolist()

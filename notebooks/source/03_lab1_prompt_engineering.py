@@ -84,6 +84,9 @@ for shots, output in outputs.items():
 # two examples: the builder drops the examples that do not fit and says so.
 
 # %%
+%matplotlib inline
+# (gencycle's evaluation reports draw into files with matplotlib's file-only "Agg" backend; the line
+# above turns the notebook's own figures back on)
 window = llm.model.config.max_position_embeddings
 counts = []
 shot_range = [0, 1, 2, 4, 8, 16, 32]

@@ -124,6 +124,9 @@ print("\n".join(result.summary().splitlines()[:4]))   # the before / after table
 # The reward should go up; the KL to the reference says how much the policy has moved to get there.
 
 # %%
+%matplotlib inline
+# (the PPO run drew reward_kl.png with matplotlib's file-only "Agg" backend; the line above turns the
+# notebook's own figures back on)
 steps = [r["step"] for r in result.history]
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
 axes[0].plot(steps, [r["reward/mean"] for r in result.history], "o-")
