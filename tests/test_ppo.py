@@ -192,6 +192,7 @@ def test_resume_in_the_run_folder_logs_each_step_once(tmp_path):
                           samples_per_step=2, reward=killed_in_step_4)
     with pytest.raises(KeyboardInterrupt):
         resumed.train(resume=True)
+    assert resumed.restored_steps == 2  # the run's time and summary count the steps it trained, not these
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics] == [1, 2, 3]
     untimed = lambda h: {k: v for k, v in h.items() if not k.startswith("time") and k != "tokens_per_s"}  # noqa
@@ -328,3 +329,14 @@ def test_cli_rlhf_names_bad_prompts_files(chat_model, tmp_path, capsys):
     good.write_text(json.dumps({"prompt": "fine"}) + "\n")
     assert main(base + ["--prompts", str(good), "--reward", "nowhere_module:fn"]) == 2
     assert "cannot import module 'nowhere_module'" in capsys.readouterr().err
+
+
+def test_a_resumed_runs_summary_counts_the_steps_it_trained():
+    from gencycle.training.report import ParameterCount
+    from gencycle.workflows.rlhf import RlhfResult
+
+    history = [{"step": s, "reward/mean": 1.0, "kl/mean": 0.0, "kl/coef": 0.05} for s in range(1, 31)]
+    result = RlhfResult("lora", None, ParameterCount(10, 100), 60.0, 2**20, "rss", history, restored_steps=10)
+    assert "60.0 s for 20 PPO steps (steps 11-30; 1-10 restored from a checkpoint)" in result.summary()
+    assert "60.0 s for 30 PPO steps, peak" in RlhfResult("lora", None, ParameterCount(10, 100), 60.0, 2**20, "rss",
+                                                          history).summary()

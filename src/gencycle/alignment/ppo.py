@@ -430,6 +430,7 @@ class PPOTrainer(Trainer):
                 (self.out_dir / name).unlink(missing_ok=True)
         cfg = self.config
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not cfg.progress, desc="PPO", dynamic_ncols=True)
+        self.restored_steps = self.step  # steps a resumed run took from its checkpoint: train_seconds excludes them
         started = time.perf_counter()
         while self.step < self.max_steps:
             t0 = time.perf_counter()

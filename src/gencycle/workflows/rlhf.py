@@ -366,6 +366,7 @@ class RlhfResult:
     warnings: list[str] = field(default_factory=list)   # the diagnostics that fired
     samples: list[dict] = field(default_factory=list)   # held-out prompts: prompt, before, after, scores
     model: torch.nn.Module | None = field(default=None, repr=False)  # the policy: ValueHead(LM)
+    restored_steps: int = 0                   # steps restored from a checkpoint (not timed by train_seconds)
 
     def to_dict(self) -> dict:
         skip = {"model", "history", "parameters", "out_dir", "samples"}
@@ -379,8 +380,10 @@ class RlhfResult:
 
     def summary(self) -> str:
         lines = [f"method: {self.method}, reward: {self.reward_name}", str(self.parameters),
-                 f"time: {self.train_seconds:.1f} s for {len(self.history)} PPO steps, peak memory "
-                 f"({self.memory_kind}): {self.peak_memory_bytes / 2**20:,.0f} MiB"]
+                 f"time: {self.train_seconds:.1f} s for {len(self.history) - self.restored_steps} PPO steps"
+                 + (f" (steps {self.restored_steps + 1}-{len(self.history)}; 1-{self.restored_steps} restored from "
+                    f"a checkpoint)" if self.restored_steps else "")
+                 + f", peak memory ({self.memory_kind}): {self.peak_memory_bytes / 2**20:,.0f} MiB"]
         if self.history:
             first, last = self.history[0], self.history[-1]
             lines.append(f"reward/mean {first['reward/mean']:.4f} -> {last['reward/mean']:.4f}, kl/mean "
@@ -455,7 +458,7 @@ def rlhf(model: str | Path | torch.nn.Module, prompts, reward, config: RlhfConfi
     result = RlhfResult(config.method, out_dir, count_parameters(policy), trainer.train_seconds, monitor.peak_bytes,
                         monitor.kind, history, trainer.reward_name, len(eval_prompts),
                         threshold=config.measure.threshold, warnings=list(trainer.diagnostics["warned"]),
-                        model=policy)
+                        model=policy, restored_steps=trainer.restored_steps)
     if before is not None:
         result.table = compare(before, after, config.measure)
         result.samples = [{"prompt": p.text, "before": b, "after": a, "reward_before": rb, "reward_after": ra,
