@@ -40,7 +40,8 @@ LORA_TARGET = ("q_proj", "k_proj", "v_proj", "o_proj")
 # alt-profanity-check and by the reward model's P(toxic). `make detox-lab` trains that reward model
 # into `runs/detox-lab/rm/model` first (run it once before setting `BIGGER`); the whole lab takes
 # about 2 hours on 2 busy cores and writes its before / after table to
-# `runs/detox-lab/ppo/report.json`, the run the README's "Alignment" section reports.
+# `runs/detox-lab/ppo/report.json`. The README's "The detoxification lab (`make detox-lab`)", under
+# "Alignment (RLHF and DPO)", shows that table from a real run, with what it does and does not show.
 
 # %%
 BIGGER = False
