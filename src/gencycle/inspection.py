@@ -107,9 +107,7 @@ def plot_attention(tokens: list[str], weights: torch.Tensor, path: str | Path, t
                    heads: list[int] | None = None, max_tokens: int = MAX_DRAWN_TOKENS) -> Path:
     """One heatmap per head, queries down and keys across, tokens on both axes; returns the file
     written (see `image_path`). At most `max_tokens` tokens are drawn, the first ones (the title says so)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend (a notebook's) stays as it is
 
     path = image_path(path)
     n_heads = weights.shape[0]
@@ -124,7 +122,8 @@ def plot_attention(tokens: list[str], weights: torch.Tensor, path: str | Path, t
     cols = min(len(heads), 4)
     rows = math.ceil(len(heads) / cols)
     size = max(3.0, 0.28 * len(tokens) + 1.5)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size), squeeze=False)
+    fig = Figure(figsize=(cols * size, rows * size))
+    axes = fig.subplots(rows, cols, squeeze=False)
     labels = [repr(t)[1:-1] for t in tokens]
     for ax in axes.flat[len(heads):]:
         ax.axis("off")
@@ -141,5 +140,4 @@ def plot_attention(tokens: list[str], weights: torch.Tensor, path: str | Path, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -484,15 +484,14 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
     """Reward (mean +- std, and score - kl_coef x KL) and KL (with its coefficient) per step -> PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend (a notebook's) stays as it is
 
     path = Path(path)
     steps = [h["step"] for h in history]
     mean = [h["reward/mean"] for h in history]
     std = [h["reward/std"] for h in history]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), dpi=100, sharex=True)
+    fig = Figure(figsize=(7, 6), dpi=100)
+    top, bottom = fig.subplots(2, 1, sharex=True)
     top.plot(steps, mean, label="reward (mean)", linewidth=1.2)
     top.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2,
                      label="reward +- std")
@@ -511,7 +510,6 @@ def plot_curves(history: list[dict], path: str | Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

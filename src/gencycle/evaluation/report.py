@@ -18,10 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.figure import Figure  # no pyplot: the global backend (a notebook's) stays as it is
 
 
 @dataclass
@@ -80,7 +77,8 @@ def plot_scores(results: Sequence[VariantResult], path: str | Path,
     """
     metrics = list(metrics or [m for m in metric_names(results) if m.startswith("rouge")] or metric_names(results))
     width = 0.8 / max(len(results), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(metrics) + 0.3 * len(results)), 4))
+    fig = Figure(figsize=(max(6.0, 1.6 * len(metrics) + 0.3 * len(results)), 4))
+    ax = fig.subplots()
     for i, r in enumerate(results):
         xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(metrics))]
         ax.bar(xs, [r.scores.get(m, 0.0) for m in metrics], width, label=r.name)
@@ -92,7 +90,6 @@ def plot_scores(results: Sequence[VariantResult], path: str | Path,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 

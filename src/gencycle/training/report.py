@@ -100,15 +100,14 @@ class Stopwatch:
 
 def plot_loss_curve(history: list[dict], path: str | Path, title: str = "training loss") -> Path:
     """Training loss per step (and eval loss where measured) -> PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend (a notebook's) stays as it is
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     if train:
         ax.plot(*zip(*train), label="train", linewidth=1)
     if evals:
@@ -118,7 +117,6 @@ def plot_loss_curve(history: list[dict], path: str | Path, title: str = "trainin
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 

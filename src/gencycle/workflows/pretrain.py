@@ -592,11 +592,10 @@ def pretrain(data: str | Path | Sequence[str | Path], tokenizer, config: Pretrai
 def plot_pretraining(history: list[dict], path: Path, title: str, start: tuple[int, float] | None = None) -> Path:
     """Training loss per step and validation loss (with its perplexity on the right axis) -> PNG.
     `start`: (step, validation loss) before the run's first step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the global backend (a notebook's) stays as it is
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train", linewidth=1, alpha=0.8)
     evals = sorted(([start] if start else []) + [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h])
     if evals:
@@ -611,5 +610,4 @@ def plot_pretraining(history: list[dict], path: Path, title: str, start: tuple[i
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
