@@ -19,22 +19,17 @@ import re
 import sys
 import warnings
 
-COMMAND_MODULES = [
-    "gencycle.cli.agent",
-    "gencycle.cli.dpo",
-    "gencycle.cli.estimate",
-    "gencycle.cli.evaluate",
-    "gencycle.cli.finetune",
-    "gencycle.cli.generate",
-    "gencycle.cli.inspect",
-    "gencycle.cli.merge",
-    "gencycle.cli.pretrain",
-    "gencycle.cli.rag",
-    "gencycle.cli.rlhf",
-    "gencycle.cli.reward",
-    "gencycle.cli.serve",
-    "gencycle.cli.tokenizer",
-]
+# Each verb and the module that registers it: `gencycle VERB` imports that module only (a verb's
+# module imports its stage: evaluation, serving, ... cost seconds that `generate` should not pay).
+VERBS = {
+    "agent": "gencycle.cli.agent", "attention": "gencycle.cli.inspect", "chat": "gencycle.cli.generate",
+    "dpo": "gencycle.cli.dpo", "estimate": "gencycle.cli.estimate", "evaluate": "gencycle.cli.evaluate",
+    "finetune": "gencycle.cli.finetune", "generate": "gencycle.cli.generate", "info": "gencycle.cli.inspect",
+    "merge": "gencycle.cli.merge", "pretrain": "gencycle.cli.pretrain", "prompt": "gencycle.cli.evaluate",
+    "rag": "gencycle.cli.rag", "reward": "gencycle.cli.reward", "rlhf": "gencycle.cli.rlhf",
+    "serve": "gencycle.cli.serve", "tokenizer": "gencycle.cli.tokenizer",
+}
+COMMAND_MODULES = sorted(set(VERBS.values()))
 
 # What a user's input causes (UserError is a ValueError; UnicodeDecodeError too). OSError covers
 # missing, unreadable and unwritable files, which a command reports by name.
@@ -43,11 +38,12 @@ EPILOG = "Errors exit with status 2; GENCYCLE_DEBUG=1 shows their traceback."
 FIELD_FIRST = re.compile(r"([a-z][a-z0-9]*(?:_[a-z0-9]+)*) (?=must |should |is |has )")  # "top_p must be ..."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or (verb given and known) only the module that registers that verb."""
     parser = argparse.ArgumentParser(prog="gencycle", description="The generative-AI project lifecycle "
                                      "with transformer language models.", epilog=EPILOG)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    for name in [VERBS[verb]] if verb in VERBS else COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
 
@@ -95,7 +91,8 @@ def describe(error: BaseException, parser: argparse.ArgumentParser | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)  # `gencycle --help` or an unknown verb: every verb
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # argparse: --help (0) or a bad flag (2, its message already printed)
