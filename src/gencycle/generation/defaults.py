@@ -4,7 +4,7 @@
     choice = inference_defaults()                      # nothing given: all chosen here
     print(choice.description)
     # gencycle: cpu (no GPU), fp32 weights (greedy decoding keeps fp32's tokens; bf16 is native here
-    # (AMX-BF16, AVX512-BF16) and faster: --dtype bf16), compiled decoding (torch.compile with g++); ...
+    # (AMX-BF16, AVX512-BF16) and faster: --dtype bf16), eager decoding (compiled steps measured ...); ...
     llm = LLM.load(name, **choice.load_arguments())
     inference_defaults(dtype="fp32", compile=False)    # what the user gave is kept, and said so
     inference_defaults(sampling=True)                  # sampling: bf16 where it is native
@@ -19,10 +19,12 @@ The rules:
   and bf16 decoding 1.5-2x), fp32 elsewhere (a CPU without them emulates bf16, slower than fp32).
   With weight-only quantization (int8 / int4) the layers that stay float keep fp32: the quantized
   layers choose their own kernels, and their prefill copy is bf16 anyway (model/quantize.py);
-- decoding: compiled steps (`compile_decoding`) where torch.compile can build them (a C++
-  compiler for the CPU, Triton for CUDA) and the model is large enough to repay it (at least
-  MIN_COMPILED_ELEMENTS weights: below, a step takes microseconds and compiling takes longer
-  than any generation). Compiled steps give the tokens eager decoding gives
+- decoding: compiled steps (`compile_decoding`) on CUDA where Triton can build them and the model
+  is large enough to repay it (at least MIN_COMPILED_ELEMENTS weights: below, a step takes
+  microseconds and compiling takes longer than any generation); eager on the CPU, where the
+  compiled steps (attention over every slot of a static cache) measured slower than eager ones
+  (SmolLM2-135M fp32, 128 new tokens on an idle 2-core Xeon: `gencycle generate` 8.5 s eager,
+  12.9 s compiled, the step library already built); `--compile` asks for them. Compiled steps give the tokens eager decoding gives
   (tests/test_compiled_decoding.py, tests/test_defaults.py); the command line compiles them ahead
   of time (`packages="auto"`): the first run per batch size and cache size builds a library
   (minutes on 2 cores), later processes load it in a fraction of a second.
@@ -115,14 +117,18 @@ def inference_defaults(device: str | None = None, dtype: str | None = None, comp
         parts.append(f"{'compiled' if compile else 'eager'} decoding (as asked)")
     else:
         tool = compiler_for(device)
-        compile = tool is not None and (model_size is None or model_size >= MIN_COMPILED_ELEMENTS)
+        small = model_size is not None and model_size < MIN_COMPILED_ELEMENTS
+        compile = tool is not None and not small and torch.device(device).type != "cpu"
         if compile:
             parts.append(f"compiled decoding (torch.compile with {tool})")
         elif tool is None:
             parts.append("eager decoding (torch.compile has no " + ("Triton" if device.startswith("cuda")
                                                                    else "C++ compiler") + " here)")
-        else:
+        elif small:
             parts.append(f"eager decoding (a model of {model_size:,} weights decodes faster than it compiles)")
+        else:
+            parts.append("eager decoding (compiled steps measured slower than eager ones on this CPU path, "
+                         "README Performance; --compile builds them)")
     description = ("gencycle: " + ", ".join(parts)
                    + "; override with --device, --dtype fp32|bf16, --compile / --no-compile")
     return InferenceDefaults(device, dtype, compile, description)
