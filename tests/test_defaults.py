@@ -166,11 +166,13 @@ def test_smollm2_generate_defaults_give_fp32_eager_greedy_text_on_shipped_prompt
 def test_serve_fills_in_the_defaults_and_says_so(capsys):
     from gencycle.cli.serve import _with_inference_defaults
     from gencycle.serve.config import ServeConfig
-    config = _with_inference_defaults(ServeConfig(), ServeConfig())
+    config = _with_inference_defaults(ServeConfig())
     choice = inference_defaults()  # greedy: a server answers greedy requests too
     assert (config.device, config.dtype, config.compile) == (choice.device, "fp32", choice.compile)
     assert capsys.readouterr().err.strip() == choice.description
-    config = _with_inference_defaults(ServeConfig(dtype="bf16", compile=not ServeConfig().compile, device="cpu"),
-                                      ServeConfig())
-    assert (config.device, config.dtype, config.compile) == ("cpu", "bf16", not ServeConfig().compile)
-    assert "cpu (as asked), bf16 weights (as asked)" in capsys.readouterr().err
+    for compile in (True, False):  # what was asked is kept, whatever the defaults would choose
+        config = _with_inference_defaults(ServeConfig(dtype="bf16", compile=compile, device="cpu"))
+        assert (config.device, config.dtype, config.compile) == ("cpu", "bf16", compile)
+        err = capsys.readouterr().err
+        assert "cpu (as asked), bf16 weights (as asked)" in err
+        assert f"{'compiled' if compile else 'eager'} decoding (as asked)" in err

@@ -50,8 +50,8 @@ def _add_generation_options(parser) -> None:
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compiled decoding steps, built ahead of time: much faster tokens/s; the first run per "
                             "model and length bucket compiles (minutes on 2 cores), later runs load the library in "
-                            "under a second (default: on where a C++ compiler / Triton is there and the model has "
-                            ">= 10M weights)")
+                            "under a second (default: on with CUDA and Triton for a model of >= 10M weights; off on "
+                            "the CPU, where compiled steps measured slower than eager ones)")
     model.add_argument("--system", help="system message for the chat template (default: none)")
 
 

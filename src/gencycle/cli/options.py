@@ -119,7 +119,7 @@ def argument(option: Option) -> dict:
 
 def _help(option: Option, boolean: bool) -> str:
     text, default = option.help, option.default
-    if boolean:
+    if boolean and default is not None:  # None: the help says who chooses
         text += f" (default: {'on' if default else 'off'})"
     elif default is not None:
         shown = " ".join(map(str, default)) if isinstance(default, (tuple, list)) else default

@@ -78,11 +78,11 @@ def run(args) -> int:
     check_model(DEFAULT_MODEL if args.model is None else args.model)  # before the server starts
     if config.embedding_model not in (None, "none", "all-minilm-l6-v2"):
         check_model(config.embedding_model, tokenizer=False)
-    config = _with_inference_defaults(config, ServeConfig())
+    config = _with_inference_defaults(config)
     return serve(args.model, config)
 
 
-def _with_inference_defaults(config, default):
+def _with_inference_defaults(config):
     """The device, precision and decoding of generation/defaults.py for what the flags leave open (a
     server answers greedy requests too: fp32 unless --dtype), said in one line on stderr."""
     import sys
@@ -90,6 +90,6 @@ def _with_inference_defaults(config, default):
     from ..generation.defaults import inference_defaults
     from ..workflows.config import override
     choice = inference_defaults(device=config.device, dtype=config.dtype, quantize=config.quantize,
-                                compile=None if config.compile == default.compile else config.compile)
+                                compile=config.compile)
     print(choice.description, file=sys.stderr, flush=True)
     return override(config, device=choice.device, dtype=choice.dtype, compile=choice.compile)

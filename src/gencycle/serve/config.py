@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 from ..errors import OptionError
@@ -11,11 +11,6 @@ API_KEY_VARIABLE = "GENCYCLE_API_KEY"
 Dtype = Literal["fp32", "bf16", "fp16"]
 Quantize = Literal["int8", "int4"]
 LogLevel = Literal["debug", "info", "warning", "error"]
-
-
-def _compiler_present() -> bool:
-    from ..generation.compiled import has_cpp_compiler
-    return has_cpp_compiler()
 
 
 @dataclass
@@ -45,9 +40,9 @@ class ServeConfig:
     """cpu, cuda, cuda:1, ... (default: cuda when available)"""
     quantize: Quantize | None = None
     """weight-only quantization of the Linear layers for inference"""
-    compile: bool = field(default_factory=_compiler_present)
-    """decode with compiled steps (torch.compile), warmed up before /health reports ready (needs a C++
-    compiler: off by default without one)"""
+    compile: bool | None = None
+    """decode with compiled steps, warmed up before /health reports ready (default: chosen by
+    generation/defaults.py: on with CUDA and Triton, off on the CPU, where they measured slower)"""
     embedding_model: str | None = "all-minilm-l6-v2"
     """encoder for /v1/embeddings (mean pooling): a packaged name or a folder; 'none' serves no
     embeddings (default: the packaged all-MiniLM-L6-v2 when installed)"""

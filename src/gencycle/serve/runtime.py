@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ..generation.engine import Engine
@@ -70,7 +71,11 @@ class Runtime:
 
     def load(self) -> None:
         from ..generation import LLM
+        from ..generation.defaults import inference_defaults
         config = self.config
+        if config.compile is None:  # `gencycle serve` fills it in; ServeConfig() from Python gets the same rule
+            config = replace(config, compile=inference_defaults(device=config.device, quantize=config.quantize,
+                                                                dtype=config.dtype).compile)
         started = time.perf_counter()
         llm = LLM.load(self.model, dtype=config.dtype, device=config.device, quantize=config.quantize,
                        compile=config.compile)
