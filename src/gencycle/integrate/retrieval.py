@@ -45,7 +45,7 @@ class SearchConfig:
     def __post_init__(self):
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise OptionError("top_k", "must be an integer >= 1", self.top_k)
-        if self.mode not in ("hybrid", "dense", "bm25"):
+        if self.mode not in MODES:
             raise OptionError("mode", "must be hybrid, dense or bm25", self.mode)
         if self.fusion not in FUSIONS:
             raise OptionError("fusion", "must be relative or rrf", self.fusion)
