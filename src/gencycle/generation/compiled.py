@@ -204,18 +204,25 @@ def _onednn_fp32_linears():
 
 
 class _StepModule(torch.nn.Module):
-    """decode_step over plain tensors, for torch.export: the cache's keys and values (written in
-    place at `position`) are inputs, the model's weights its constants."""
+    """decode_step over plain tensors, for torch.export: each layer's cached keys and values are
+    inputs of their own (written in place at `position`), the model's weights its constants. Not
+    the cache's two (layers, ...) tensors with the layers as views made inside the graph: export
+    then writes each layer's slot into a fresh copy of the whole cache, every layer and step."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
 
-    def forward(self, ids, positions, bias, position, keys, values):
+    def forward(self, ids, positions, bias, position, *layers):
         cache = StaticKVCache.__new__(StaticKVCache)
-        cache._set(keys, values)
+        cache._layers = list(zip(layers[0::2], layers[1::2]))
         cache.position, cache.length = position, 0
         return self.model.decode_step(ids, positions, bias, cache)
+
+
+def _layer_tensors(cache: StaticKVCache) -> list[torch.Tensor]:
+    """keys 0, values 0, keys 1, ...: each layer's (B, Hkv, slots, D) views of the cache."""
+    return [t for kv in cache._layers for t in kv]
 
 
 class AheadOfTimeSteps:
@@ -259,8 +266,8 @@ class AheadOfTimeSteps:
             ids, positions = (torch.zeros(batch, 1, dtype=torch.long, device=model.device) for _ in range(2))
             bias = torch.zeros(batch, 1, 1, slots, dtype=model.dtype, device=model.device)
             position = torch.zeros(1, dtype=torch.long, device=model.device)  # distinct tensors: export would
-            program = torch.export.export(_StepModule(model), (ids, positions, bias, position, cache.keys,  # alias
-                                                               cache.values), strict=False)  # one passed twice
+            program = torch.export.export(_StepModule(model), (ids, positions, bias, position,  # alias one passed
+                                                               *_layer_tensors(cache)), strict=False)  # twice
             path.parent.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(dir=path.parent, prefix=".build-"))
             try:
@@ -281,7 +288,7 @@ class AheadOfTimeSteps:
 
     def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
         runner = self.runner(ids.shape[0], cache.max_length)
-        inputs = [ids, positions, bias, cache.position, cache.keys, cache.values]  # the library trusts the
+        inputs = [ids, positions, bias, cache.position, *_layer_tensors(cache)]  # the library trusts the
         return runner.run([t if t.is_contiguous() else t.contiguous() for t in inputs])[0]  # layout it was built for
 
 
