@@ -247,6 +247,30 @@ def test_small_gguf_with_bos_eos_and_user_defined_tokens(bpe_folder, tmp_path, p
     assert load_tokenizer(tmp_path).encode("a <think> b") == mine.encode("a <think> b")  # folder with one .gguf
 
 
+def test_a_gguf_tokenizer_is_built_once_then_loaded_from_the_cache(bpe_folder, tmp_path, monkeypatch):
+    """Reading a GGUF's vocabulary is slow (2-3 s for SmolLM2's); the built tokenizer is cached, and a
+    changed file is read again."""
+    import os
+    from gencycle import tokenizer as module
+    monkeypatch.setenv("GENCYCLE_CACHE", str(tmp_path / "cache"))
+    path = tiny_gguf(bpe_folder, tmp_path / "tiny.gguf", pre="llama-bpe", add_bos=True, add_eos=True)
+    texts = TEXTS + ["a <think> b <|endoftext|>"]
+    first = load_tokenizer(path)
+    build = module._build_from_gguf
+    monkeypatch.setattr(module, "_build_from_gguf", lambda file: pytest.fail("built again"))
+    cached = load_tokenizer(path)
+    assert [cached.encode(t) for t in texts] == [first.encode(t) for t in texts]
+    assert (cached.bos_token_id, cached.eos_token_id, cached.chat_template) == \
+        (first.bos_token_id, first.eos_token_id, first.chat_template)
+    assert cached.decode(cached.encode(texts[-1]), skip_special_tokens=True) == \
+        first.decode(first.encode(texts[-1]), skip_special_tokens=True)
+    calls = []
+    monkeypatch.setattr(module, "_build_from_gguf", lambda file: calls.append(file) or build(file))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # the file changed
+    assert load_tokenizer(path).encode(texts[0]) == first.encode(texts[0])
+    assert len(calls) == 1
+
+
 # ---- (d) T5: a sentencepiece unigram model trained here ---------------------------------------------
 @pytest.fixture(scope="module")
 def t5_folder(tmp_path_factory):

@@ -15,7 +15,11 @@ pipeline for each, so every id matches what Hugging Face `transformers` gives:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import tempfile
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -389,8 +393,46 @@ def _byte_spelling() -> dict[int, str]:
     return {**{byte: chr(byte) for byte in kept}, **{byte: chr(256 + n) for n, byte in enumerate(moved)}}
 
 
+def _gguf_cache_folder(file: Path) -> Path:
+    """Where `_from_gguf` keeps what it built from `file`: `$GENCYCLE_CACHE/tokenizers/<stem>-<key>` (default
+    `~/.cache/gencycle`), keyed by the file's path, size and modification time and by this module's source."""
+    resolved, code = file.resolve(), hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    st = resolved.stat()
+    key = hashlib.sha256(f"{resolved}|{st.st_size}|{st.st_mtime_ns}|{code}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle").expanduser()
+    return root / "tokenizers" / f"{resolved.stem}-{key}"
+
+
 def _from_gguf(file: Path) -> Tokenizer:
-    """A byte-level BPE from a GGUF's llama.cpp metadata, built the way transformers' GGUF loader builds it."""
+    """`_build_from_gguf`, cached: reading a GGUF's 49k-token vocabulary through the gguf package takes
+    2-3 s (most of a chat's start), loading the tokenizer.json written the first time a few hundredths."""
+    folder = _gguf_cache_folder(file)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        return _make_tokenizer(Backend.from_file(str(folder / "tokenizer.json")), config)
+    except Exception:  # noqa: BLE001 - not cached yet, or an unreadable entry: build it (again)
+        pass
+    tokenizer, backend, config = _build_from_gguf(file)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    except OSError:  # a read-only or full disk: the tokenizer works uncached
+        return tokenizer
+    try:
+        backend.save(str(work / "tokenizer.json"))
+        (work / "config.json").write_text(json.dumps(config), encoding="utf-8")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(work, folder)  # whole or not at all
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tokenizer
+
+
+def _build_from_gguf(file: Path) -> tuple[Tokenizer, Backend, dict]:
+    """A byte-level BPE from a GGUF's llama.cpp metadata, built the way transformers' GGUF loader builds it;
+    also returns the backend and the config it was made from (for the cache)."""
     from gguf import GGUFReader
 
     try:
@@ -438,4 +480,4 @@ def _from_gguf(file: Path) -> Tokenizer:
     backend.post_processor = processors.TemplateProcessing(
         single=single, pair=single + [f"{t}:1" for t in bos] + ["$B:1"] + [f"{t}:1" for t in eos],
         special_tokens=[(t, backend.token_to_id(t)) for t in bos + eos])
-    return _make_tokenizer(backend, config)
+    return _make_tokenizer(backend, config), backend, config
