@@ -47,11 +47,15 @@ class Run:
 
 
 def load_gencycle(folder, mode: str):
+    """int8 / int4 with what the inference defaults put around the quantized layers for compiled
+    decoding (bf16 where it is native, generation/defaults.py), as `gencycle generate --quantize` runs."""
     if mode in DTYPE:
         return gencycle.load_model(folder, dtype=DTYPE[mode], device="cpu")
+    from gencycle.generation.defaults import inference_defaults
+    around = inference_defaults(device="cpu", quantize=mode, compile=True).dtype
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # int4 -> int8 fallbacks (GPT-2 head: 50257 rows, not a multiple of 16)
-        return gencycle.load_model(folder, device="cpu", quantize=mode)
+        return gencycle.load_model(folder, device="cpu", quantize=mode, dtype=around)
 
 
 def load_hf(folder, mode: str):

@@ -18,7 +18,8 @@ def test_this_machine_gets_its_fastest_precision_and_decoding():
         choice = inference_defaults(sampling=sampling)
         assert choice.device == ("cuda" if torch.cuda.is_available() else "cpu")
         assert choice.dtype == ("bf16" if sampling and native_bf16_matmul(choice.device) else "fp32")
-        assert choice.compile == (choice.device != "cpu" and defaults.compiler_for(choice.device) is not None)
+        assert choice.compile == (defaults.compiler_for(choice.device) is not None
+                                  and (choice.device != "cpu" or choice.dtype == "bf16"))  # fp32 on a CPU: eager
         assert choice.description.startswith("gencycle: ") and "\n" not in choice.description
         assert f"{choice.dtype} weights" in choice.description
         assert ("compiled decoding" if choice.compile else "eager decoding") in choice.description
@@ -57,9 +58,11 @@ def test_a_gpu_is_picked_when_present(monkeypatch):
 def test_a_small_model_decodes_eagerly_unless_asked():
     small = defaults.MIN_COMPILED_ELEMENTS - 1
     large = inference_defaults(device="cpu", model_size=defaults.MIN_COMPILED_ELEMENTS)
-    assert not large.compile  # the CPU decodes eagerly: compiled steps measured slower there
+    assert not large.compile  # fp32 on the CPU decodes eagerly: compiled steps measured no faster there
     if defaults.compiler_for("cpu") is not None:
-        assert "eager decoding (compiled steps measured slower" in large.description
+        assert "eager decoding (compiled fp32 steps measured no faster" in large.description
+        assert inference_defaults(device="cpu", dtype="bf16", model_size=defaults.MIN_COMPILED_ELEMENTS).compile
+        assert not inference_defaults(device="cpu", dtype="bf16", model_size=small).compile
     choice = inference_defaults(device="cpu", model_size=small)
     assert not choice.compile
     if defaults.compiler_for("cpu") is not None:
@@ -77,10 +80,33 @@ def test_what_is_given_is_kept_and_said_so():
     assert (choice.device, choice.dtype, choice.compile) == ("cpu", "fp32", False)
     assert choice.description.startswith("gencycle: cpu (as asked), fp32 weights (as asked), eager decoding (as asked)")
     assert inference_defaults(compile=True).compile
-    quantized = inference_defaults(quantize="int4")
+    quantized = inference_defaults(device="cpu", quantize="int4", compile=False)
     assert quantized.dtype == "fp32" and "int4 layers with fp32 around them" in quantized.description
     with pytest.raises(ValueError, match="dtype must be one of fp32, bf16, fp16, got 'float32'"):
         inference_defaults(dtype="float32")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_quantized_models_compile_on_the_cpu_with_bf16_around_them_where_native(monkeypatch, native):
+    """Compiled int8 / int4 steps decode as fast with bf16 around the quantized layers as with fp32, and
+    the prompt runs at bf16 speed; eager steps are faster in fp32. A server decodes eagerly unless asked."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(defaults, "compiler_for", lambda device: "g++")
+    monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": native)
+    monkeypatch.setattr(defaults, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    choice = inference_defaults(quantize="int4")
+    assert choice.compile and choice.dtype == ("bf16" if native else "fp32")
+    assert ("int4 layers with bf16 around them (AMX-BF16 here; compiled steps)" if native else
+            "int4 layers with fp32 around them (no native bf16 matrix products here)") in choice.description
+    assert "compiled decoding (torch.compile with g++, ahead of time" in choice.description
+    eager = inference_defaults(quantize="int4", compile=False)
+    assert (eager.dtype, eager.compile) == ("fp32", False)
+    small = inference_defaults(quantize="int8", model_size=defaults.MIN_COMPILED_ELEMENTS - 1)
+    assert (small.dtype, small.compile) == ("fp32", False)
+    served = inference_defaults(quantize="int4", serving=True)
+    assert (served.dtype, served.compile) == ("fp32", False)
+    assert "eager decoding (a server's warm-up would build a compiled step per row count" in served.description
+    assert inference_defaults(quantize="int4", serving=True, compile=True).dtype == ("bf16" if native else "fp32")
 
 
 def test_no_compiler_means_eager_decoding(monkeypatch):
@@ -106,7 +132,7 @@ def test_compiled_decoding_equals_eager_for_every_default(monkeypatch, native_bf
     """Each precision the defaults can choose, compiled as they choose it, gives eager's greedy tokens."""
     monkeypatch.setattr(defaults, "native_bf16_matmul", lambda device="cpu": native_bf16)
     choice = inference_defaults(device="cpu", quantize=quantize, sampling=True, compile=True)  # bf16 where native
-    assert choice.compile and choice.dtype == ("bf16" if native_bf16 and quantize is None else "fp32")
+    assert choice.compile and choice.dtype == ("bf16" if native_bf16 else "fp32")
     model = tiny({"bf16": torch.bfloat16, "fp32": torch.float32}[choice.dtype])
     if quantize:
         quantize_model(model, quantize)
@@ -167,7 +193,7 @@ def test_serve_fills_in_the_defaults_and_says_so(capsys):
     from gencycle.cli.serve import _with_inference_defaults
     from gencycle.serve.config import ServeConfig
     config = _with_inference_defaults(ServeConfig())
-    choice = inference_defaults()  # greedy: a server answers greedy requests too
+    choice = inference_defaults(serving=True)  # greedy: a server answers greedy requests too
     assert (config.device, config.dtype, config.compile) == (choice.device, "fp32", choice.compile)
     assert capsys.readouterr().err.strip() == choice.description
     for compile in (True, False):  # what was asked is kept, whatever the defaults would choose

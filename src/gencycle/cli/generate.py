@@ -42,16 +42,17 @@ def _add_generation_options(parser) -> None:
     group.add_argument("--seed", type=number(int), help="seeds sampling, >= 0 (default: a fresh seed each run)")
     model = parser.add_argument_group("model")
     model.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
-                       help="weights dtype (default: fp32; with --do-sample bf16 where the CPU or GPU has native "
-                            "bf16 matrix products: the chosen defaults are printed on stderr)")
+                       help="weights dtype (default: fp32; with --do-sample, or around --quantize layers when "
+                            "compiled, bf16 where the CPU or GPU has native bf16 matrix products: the chosen "
+                            "defaults are printed on stderr)")
     model.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     model.add_argument("--quantize", choices=["int8", "int4"],
                        help="weight-only quantization for inference (default: none)")
     model.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                        help="compiled decoding steps, built ahead of time: much faster tokens/s; the first run per "
                             "model and length bucket compiles (minutes on 2 cores), later runs load the library in "
-                            "under a second (default: on with CUDA and Triton for a model of >= 10M weights; off on "
-                            "the CPU, where compiled steps measured slower than eager ones)")
+                            "under a second (default, for a model of >= 10M weights: on with CUDA and Triton; on "
+                            "the CPU on for bf16 and --quantize, about 2x eager there, off for fp32, no faster)")
     model.add_argument("--system", help="system message for the chat template (default: none)")
 
 
@@ -124,9 +125,11 @@ def _load_with_defaults(args, sampling: bool):
     from ..generation.defaults import inference_defaults, model_elements
     asked = {"device": args.device, "dtype": args.dtype, "compile": args.compile, "quantize": args.quantize,
              "sampling": sampling}
-    choice = inference_defaults(**asked)
-    llm = LLM.load(args.model, dtype=choice.dtype, device=choice.device, quantize=args.quantize)
+    first = inference_defaults(**asked)
+    llm = LLM.load(args.model, dtype=first.dtype, device=first.device, quantize=args.quantize)
     choice = inference_defaults(**asked, model_size=model_elements(llm.model))  # the same choice, and compile?
+    if choice.dtype != first.dtype:  # a small quantized model decodes eagerly, with fp32 around its layers
+        llm = LLM.load(args.model, dtype=choice.dtype, device=choice.device, quantize=args.quantize)
     if choice.compile:
         compile_decoding(llm.model, packages="auto")  # ahead of time: a later process loads the steps
     print(choice.description, file=sys.stderr, flush=True)

@@ -90,6 +90,6 @@ def _with_inference_defaults(config):
     from ..generation.defaults import inference_defaults
     from ..workflows.config import override
     choice = inference_defaults(device=config.device, dtype=config.dtype, quantize=config.quantize,
-                                compile=config.compile)
+                                compile=config.compile, serving=True)
     print(choice.description, file=sys.stderr, flush=True)
     return override(config, device=choice.device, dtype=choice.dtype, compile=choice.compile)

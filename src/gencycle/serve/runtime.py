@@ -75,7 +75,7 @@ class Runtime:
         config = self.config
         if config.compile is None:  # `gencycle serve` fills it in; ServeConfig() from Python gets the same rule
             config = replace(config, compile=inference_defaults(device=config.device, quantize=config.quantize,
-                                                                dtype=config.dtype).compile)
+                                                                dtype=config.dtype, serving=True).compile)
         started = time.perf_counter()
         llm = LLM.load(self.model, dtype=config.dtype, device=config.device, quantize=config.quantize,
                        compile=config.compile)
