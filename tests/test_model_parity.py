@@ -172,3 +172,18 @@ def test_sinusoidal_model_from_scratch_trains():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]  # memorizes two sequences
+
+
+@pytest.mark.parametrize("name", list(gencycle.model.config.PRESETS))
+def test_a_model_built_for_loading_has_the_real_buffers_and_the_same_weights(name):
+    """Transformer.for_loading (what load_model builds: no random initialisation) holds the same
+    parameters, ties and buffers as Transformer(config); only the parameters' values are left unset."""
+    from gencycle.model.transformer import Transformer
+    config = gencycle.preset(name, vocab_size=64, max_position_embeddings=32)
+    built, empty = Transformer(config), Transformer.for_loading(config)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in empty.state_dict().items()}
+    assert dict(built.named_buffers()).keys() == dict(empty.named_buffers()).keys()
+    assert all(torch.equal(b, dict(empty.named_buffers())[k]) for k, b in built.named_buffers())
+    assert all(p.device.type == "cpu" for p in empty.parameters())
+    if built.lm_head is not None:
+        assert (built.lm_head.weight is built.embed_tokens.weight) == (empty.lm_head.weight is empty.embed_tokens.weight)

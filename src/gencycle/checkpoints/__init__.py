@@ -153,7 +153,7 @@ def model_from_hf(hf_config: dict, hf_state: dict[str, torch.Tensor], dtype=None
     """Build a Transformer from a HF config dict and HF-named tensors."""
     family = family_of(hf_config)
     config = config_from_hf(hf_config)
-    model = Transformer(config)
+    model = Transformer.for_loading(config)  # no random initialisation: every weight is loaded next
     load_hf_state(model, family, hf_state)
     return model.to(device=device or default_device(), dtype=resolve_dtype(dtype)).eval()
 

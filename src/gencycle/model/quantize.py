@@ -59,9 +59,10 @@ GROUP_SIZES = (32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32  # as GGUF's Q4_0 / Q4_1 blocks; see quantize_model
 PREFILL_MODES = ("auto", "bf16", "kernel")
 # Products over at least this many rows use the bf16 copy, when one is kept: about where bf16
-# matrix kernels overtake PyTorch's int8 / int4 ones (5-8 rows here), and gencycle's int4 one
-# (24-32 rows; cpu_kernels.py), measured per layer on this project's Xeon.
-MATRIX_ROWS = 16
+# matrix kernels overtake PyTorch's int8 / int4 ones (SmolLM2's layers, one pass over all of them
+# with bf16 inputs: int8 kernel 7.0 / 13.9 / 26.6 ms at 4 / 8 / 16 rows, bf16 copy 10.6-10.8 ms),
+# and gencycle's int4 one (24-32 rows; cpu_kernels.py), measured on this project's Xeon.
+MATRIX_ROWS = 8
 VNNI_MATRIX_ROWS = 32
 aten = torch.ops.aten
 

@@ -85,6 +85,24 @@ class Transformer(nn.Module):
         self.tie_weights()
 
     # ------------------------------------------------------------ set-up
+    @classmethod
+    def for_loading(cls, config: ModelConfig) -> "Transformer":
+        """A Transformer whose weights are uninitialised memory, to load a checkpoint into (every
+        parameter must then be loaded: `load_model` checks that none is missing). Built on the meta
+        device and given empty memory, it skips the random initialisation that loading overwrites
+        (SmolLM2-135M: 1.3 s of a 1.5 s load). The buffers computed from the config (the rotary
+        frequencies, the sinusoidal table) are computed for real."""
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device="cpu")
+        model.tie_weights()  # to_empty gives each module its own tensor
+        with torch.no_grad():
+            if model.rotary is not None:
+                model.rotary.inv_freq.copy_(Rotary(config.head_dim, config.rope_theta).inv_freq)
+            if getattr(model, "sinusoidal", None) is not None:
+                model.sinusoidal.copy_(sinusoidal_table(config.max_position_embeddings, config.hidden_size))
+        return model
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, (nn.Linear, nn.Embedding)):
