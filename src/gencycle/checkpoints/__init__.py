@@ -206,7 +206,8 @@ def load_model(path: str | Path, dtype=None, device=None, quantize: str | None =
 
     quantize: None, "int8" or "int4" ("int4-g32" picks the group size): weight-only quantization
     for inference (see `gencycle.model.quantize`); the rest of the model keeps `dtype` (fp32 by
-    default: on CPU, faster than bf16 around the int8 / int4 kernels). q|k|v and gate|up stay separate
+    default: eager CPU decoding is faster with fp32 around the int8 / int4 kernels; compiled steps are
+    as fast with bf16, which then runs the prompt faster, generation/defaults.py). q|k|v and gate|up stay separate
     layers (LoRA targets them); quantize, compile_decoding and `Transformer.fuse_projections` fuse them.
     """
     if quantize is not None:
