@@ -4,10 +4,11 @@
     choice = inference_defaults()                      # nothing given: all chosen here
     print(choice.description)
     # gencycle: cpu (no GPU), fp32 weights (greedy decoding keeps fp32's tokens; bf16 is native here
-    # (AMX-BF16, AVX512-BF16) and faster: --dtype bf16), eager decoding (compiled steps measured ...); ...
+    # (AMX-BF16, AVX512-BF16) and faster: --dtype bf16), eager decoding (compiled fp32 steps measured ...); ...
     llm = LLM.load(name, **choice.load_arguments())
     inference_defaults(dtype="fp32", compile=False)    # what the user gave is kept, and said so
-    inference_defaults(sampling=True)                  # sampling: bf16 where it is native
+    inference_defaults(sampling=True)                  # sampling: bf16 where it is native, compiled
+    inference_defaults(quantize="int4")                # compiled, bf16 around the int4 layers where native
 
 The rules:
 - device: CUDA when a GPU is there, else the CPU;
