@@ -187,3 +187,18 @@ def test_a_model_built_for_loading_has_the_real_buffers_and_the_same_weights(nam
     assert all(p.device.type == "cpu" for p in empty.parameters())
     if built.lm_head is not None:
         assert (built.lm_head.weight is built.embed_tokens.weight) == (empty.lm_head.weight is empty.embed_tokens.weight)
+
+
+def test_building_for_loading_leaves_other_threads_initialising():
+    """The initialisers are skipped only in the thread that builds for loading."""
+    import threading
+    from gencycle.model import transformer
+    built = {}
+    with transformer._uninitialised():
+        worker = threading.Thread(target=lambda: built.setdefault("linear", torch.nn.Linear(64, 64)))
+        worker.start()
+        worker.join()
+        skipped = torch.nn.init.ones_(torch.zeros(4))
+    assert torch.equal(skipped, torch.zeros(4))  # skipped here
+    assert 0.02 < built["linear"].weight.std().item() < 0.2  # kaiming-uniform in the other thread
+    assert torch.equal(torch.nn.init.ones_(torch.zeros(4)), torch.ones(4))  # restored

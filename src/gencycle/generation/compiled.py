@@ -159,11 +159,13 @@ class CompiledStep:
     def __init__(self, model, fingerprint_now: tuple | None = None, packages: Path | None = None):
         self.model = model
         self.fingerprint = fingerprint(model) if fingerprint_now is None else fingerprint_now
-        self.function = torch.compile(_own_decode_step(model), fullgraph=True, dynamic=False,
-                                      options={"guard_filter_fn": _identity_guards_on_modules})
         self.lock = threading.Lock()
         self.packages = packages
         self.ahead_of_time = None if packages is None else AheadOfTimeSteps(model, packages)
+        self.function = None  # torch.compile's, only without packages (it imports torch._dynamo: 0.8 s)
+        if packages is None:
+            self.function = torch.compile(_own_decode_step(model), fullgraph=True, dynamic=False,
+                                          options={"guard_filter_fn": _identity_guards_on_modules})
 
     def __call__(self, ids, positions, bias, cache) -> torch.Tensor:
         if self.ahead_of_time is not None:

@@ -9,6 +9,8 @@ the decoder with cross-attention over the encoder's output.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +48,31 @@ class Stack(nn.Module):
         self.norm = make_norm(config) if config.pre_norm else None
         self.relative_bias = (RelativePositionBias(config, bidirectional=not causal)
                               if config.position == "relative" else None)
+
+
+_INIT_LOCK = threading.Lock()
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_", "zeros_", "ones_")
+_SKIPPING = threading.local()
+
+
+@contextlib.contextmanager
+def _uninitialised():
+    """torch.nn.init's functions do nothing in this thread while it builds a model whose weights are
+    loaded next; other threads initialise as usual (the swap of nn.init's functions is locked)."""
+    def skipping(function):
+        return lambda tensor, *args, **kwargs: (tensor if getattr(_SKIPPING, "on", False)
+                                                else function(tensor, *args, **kwargs))
+    with _INIT_LOCK:
+        originals = {name: getattr(nn.init, name) for name in _INITS}
+        for name, function in originals.items():
+            setattr(nn.init, name, skipping(function))
+        _SKIPPING.on = True
+        try:
+            yield
+        finally:
+            _SKIPPING.on = False
+            for name, function in originals.items():
+                setattr(nn.init, name, function)
 
 
 class Transformer(nn.Module):
@@ -88,20 +115,11 @@ class Transformer(nn.Module):
     @classmethod
     def for_loading(cls, config: ModelConfig) -> "Transformer":
         """A Transformer whose weights are uninitialised memory, to load a checkpoint into (every
-        parameter must then be loaded: `load_model` checks that none is missing). Built on the meta
-        device and given empty memory, it skips the random initialisation that loading overwrites
-        (SmolLM2-135M: 1.3 s of a 1.5 s load). The buffers computed from the config (the rotary
-        frequencies, the sinusoidal table) are computed for real."""
-        with torch.device("meta"):
-            model = cls(config)
-        model.to_empty(device="cpu")
-        model.tie_weights()  # to_empty gives each module its own tensor
-        with torch.no_grad():
-            if model.rotary is not None:
-                model.rotary.inv_freq.copy_(Rotary(config.head_dim, config.rope_theta).inv_freq)
-            if getattr(model, "sinusoidal", None) is not None:
-                model.sinusoidal.copy_(sinusoidal_table(config.max_position_embeddings, config.hidden_size))
-        return model
+        parameter must then be loaded: `load_model` checks that none is missing). It skips the random
+        initialisation that loading overwrites (SmolLM2-135M: 1.3 s of a 1.5 s load); the buffers
+        computed from the config (rotary frequencies, the sinusoidal table) are made as usual."""
+        with _uninitialised():
+            return cls(config)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
