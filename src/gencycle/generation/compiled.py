@@ -62,6 +62,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from ..model.cache import StaticKVCache
 from ..model.fusion import fuse_for_inference
+from ..model.quantize import QuantizedLinear
 from ..model.transformer import Transformer
 from .state import DecodeState
 
@@ -95,6 +96,9 @@ def compile_decoding(model, packages: str | os.PathLike | None = None):
         raise RuntimeError("compiled decoding on CPU needs a C++ compiler (g++ or clang++) for torch.compile; "
                            "install one, or decode eagerly (without compile)")
     fuse_for_inference(model.eval())
+    for module in model.modules():  # PyTorch's int4 kernel is the faster one inside compiled steps
+        if isinstance(module, QuantizedLinear):
+            module.use_pytorch_int4_kernel()
     _watch_optimizer_steps()
     if packages == "auto":
         packages = default_package_dir()

@@ -251,3 +251,14 @@ def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_si
     def by_block(t):  # (N, groups) -> (N / 16, groups, 16): one vector of 16 outputs per group
         return t.to(torch.bfloat16).view(N // 16, 16, K // group_size).transpose(1, 2).contiguous()
     return packed, by_block(scale), by_block(zero)
+
+
+def unpack_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int):
+    """The inverse of `pack_int4`: q (N, K) int32 in [0, 15] and scale, zero (N, K / group_size) bf16."""
+    N, K = packed.shape[0], packed.shape[1] * 2
+    blocks = packed.view(N // 16, K // 32, 4, 16, 4).permute(0, 3, 1, 2, 4)  # (nb, lane, b, j, i)
+    q = torch.stack([blocks & 0x0F, blocks >> 4], dim=4)                    # (nb, lane, b, j, half, i)
+
+    def by_row(t):  # (N / 16, groups, 16) -> (N, groups)
+        return t.transpose(1, 2).reshape(N, K // group_size)
+    return q.reshape(N, K).to(torch.int32), by_row(scales), by_row(zeros)
