@@ -178,12 +178,16 @@ class CompiledStep:
         # These settings must hold while torch traces, which any call may do (a new shape);
         # options= would come too late. They are global, so calls take turns.
         #   freezing: weights become constants (fp32 / bf16 matrices pre-packed for oneDNN);
+        #   emulate_precision_casts: bf16 intermediates rounded where eager rounds them (fused kernels
+        #   otherwise keep them in fp32, and greedy tokens then differ from eager's after near-ties;
+        #   SmolLM2 int4 / bf16 steps measured no slower);
         #   cpp_wrapper: the graph's kernels are launched from C++, not from generated Python;
         #   recompile_limit: torch counts a step's graphs, one per batch size and cache size
         #   (its default, 8, is four batch sizes at two cache sizes).
         from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
-        with (self.lock, inductor.patch(freezing=True, cpp_wrapper=True), dynamo.patch(recompile_limit=MAX_GRAPHS),
+        with (self.lock, inductor.patch(freezing=True, cpp_wrapper=True, emulate_precision_casts=True),
+              dynamo.patch(recompile_limit=MAX_GRAPHS),
               _onednn_fp32_linears()):
             return self.function(ids, positions, bias, cache)
 
@@ -279,7 +283,8 @@ class AheadOfTimeSteps:
             try:
                 with _onednn_fp32_linears():
                     package = torch._inductor.aoti_compile_and_package(
-                        program, package_path=str(work / "step.pt2"), inductor_configs={"freezing": True})
+                        program, package_path=str(work / "step.pt2"),
+                        inductor_configs={"freezing": True, "emulate_precision_casts": True})  # as CompiledStep
                 with zipfile.ZipFile(package) as archive:  # the library (weights inside) and the json that
                     library = next(n for n in archive.namelist() if n.endswith(".so"))  # names its custom ops:
                     for member, suffix in ((library[:-3] + ".json", ".json"), (library, ".so")):  # loading
