@@ -7,6 +7,7 @@ string is taken as a local path and returned unchanged.
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 # name -> (package, file or folder inside the package, pip command that installs it)
@@ -19,6 +20,12 @@ PACKAGED = {
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_ENCODER = "all-minilm-l6-v2"
+
+
+def cache_dir(kind: str) -> Path:
+    """Where gencycle keeps what it builds of one kind ("gguf", "tokenizers", "compiled"):
+    `$GENCYCLE_CACHE/<kind>`, or `~/.cache/gencycle/<kind>`."""
+    return Path(os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle").expanduser() / kind
 
 
 def package_dir(package: str) -> Path | None:

@@ -28,7 +28,7 @@ import torch
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as Backend
 
-from gencycle.assets import resolve
+from gencycle.assets import cache_dir, resolve
 from gencycle.errors import UserError
 
 SPECIAL_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token", "cls_token", "sep_token", "mask_token")
@@ -399,8 +399,7 @@ def _gguf_cache_folder(file: Path) -> Path:
     resolved, code = file.resolve(), hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
     st = resolved.stat()
     key = hashlib.sha256(f"{resolved}|{st.st_size}|{st.st_mtime_ns}|{code}".encode()).hexdigest()[:16]
-    root = Path(os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle").expanduser()
-    return root / "tokenizers" / f"{resolved.stem}-{key}"
+    return cache_dir("tokenizers") / f"{resolved.stem}-{key}"
 
 
 def _from_gguf(file: Path) -> Tokenizer:

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import assets
 from ..model.config import ModelConfig
 from . import llama
 from .names import GGUF, HF, translate
@@ -159,8 +160,7 @@ def read_gguf(path: str | os.PathLike, progress: bool | None = None) -> tuple[di
 
 def default_cache_dir() -> Path:
     """`$GENCYCLE_CACHE/gguf`, or `~/.cache/gencycle/gguf`."""
-    root = os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle"
-    return Path(root).expanduser() / "gguf"
+    return assets.cache_dir("gguf")
 
 
 def cache_entry(path: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:

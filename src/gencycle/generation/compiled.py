@@ -60,6 +60,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..assets import cache_dir
 from ..model.cache import StaticKVCache
 from ..model.fusion import fuse_for_inference
 from ..model.quantize import QuantizedLinear
@@ -67,6 +68,8 @@ from ..model.transformer import Transformer
 from .state import DecodeState
 
 MIN_SLOTS = 64
+# inductor settings of every compiled step, in this process and ahead of time (see CompiledStep.__call__)
+STEP_OPTIONS = {"freezing": True, "emulate_precision_casts": True}
 MAX_GRAPHS = 128  # graphs of one compiled step: one per batch size and cache size
 _REBUILD = threading.Lock()
 _OPTIMIZER_STEPS = WeakIdKeyDictionary()  # parameter -> torch.optim steps over it, once compile_decoding ran
@@ -80,7 +83,8 @@ def has_cpp_compiler() -> bool:
 
 def compile_decoding(model, packages: str | os.PathLike | None = None):
     """Make `generate` / `stream` on this decoder-only Transformer run compiled steps; returns the
-    model, in eval mode with its projections fused (`fuse_for_inference`).
+    model, in eval mode with its projections fused (`fuse_for_inference`) and its int4 layers on
+    PyTorch's kernel (`QuantizedLinear.use_pytorch_int4_kernel`: the faster one inside compiled steps).
 
     packages: None compiles each step shape with torch.compile in this process (torch's disk cache
     makes a later process faster, not fast); "auto" or a folder compiles each shape ahead of time
@@ -108,7 +112,7 @@ def compile_decoding(model, packages: str | os.PathLike | None = None):
 
 def default_package_dir() -> Path:
     """`$GENCYCLE_CACHE/compiled`, or `~/.cache/gencycle/compiled` (beside the GGUF cache)."""
-    return Path(os.environ.get("GENCYCLE_CACHE") or "~/.cache/gencycle").expanduser() / "compiled"
+    return cache_dir("compiled")
 
 
 def _watch_optimizer_steps() -> None:
@@ -186,7 +190,7 @@ class CompiledStep:
         #   (its default, 8, is four batch sizes at two cache sizes).
         from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
-        with (self.lock, inductor.patch(freezing=True, cpp_wrapper=True, emulate_precision_casts=True),
+        with (self.lock, inductor.patch(cpp_wrapper=True, **STEP_OPTIONS),
               dynamo.patch(recompile_limit=MAX_GRAPHS),
               _onednn_fp32_linears()):
             return self.function(ids, positions, bias, cache)
@@ -284,7 +288,7 @@ class AheadOfTimeSteps:
                 with _onednn_fp32_linears():
                     package = torch._inductor.aoti_compile_and_package(
                         program, package_path=str(work / "step.pt2"),
-                        inductor_configs={"freezing": True, "emulate_precision_casts": True})  # as CompiledStep
+                        inductor_configs=STEP_OPTIONS)
                 with zipfile.ZipFile(package) as archive:  # the library (weights inside) and the json that
                     library = next(n for n in archive.namelist() if n.endswith(".so"))  # names its custom ops:
                     for member, suffix in ((library[:-3] + ".json", ".json"), (library, ".so")):  # loading

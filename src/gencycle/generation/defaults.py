@@ -110,11 +110,11 @@ def inference_defaults(device: str | None = None, dtype: str | None = None, comp
     tool = compiler_for(device)
     small = model_size is not None and model_size < MIN_COMPILED_ELEMENTS
     hardware = bf16_hardware(device)
+    compilable = tool is not None and not small and not (on_cpu and serving)  # before the fp32-on-CPU rule
     if dtype is not None:
         parts.append(f"{dtype} weights (as asked)")
     elif quantize is not None:  # fp32 or bf16 around the quantized layers: by how they decode
-        compiles = compile if compile is not None else tool is not None and not small and not (on_cpu and serving)
-        dtype = "bf16" if hardware and compiles else "fp32"
+        dtype = "bf16" if hardware and (compilable if compile is None else compile) else "fp32"
         if dtype == "bf16":
             parts.append(f"{quantize} layers with bf16 around them ({hardware} here; compiled steps)")
         else:
@@ -132,8 +132,7 @@ def inference_defaults(device: str | None = None, dtype: str | None = None, comp
     if compile is not None:
         parts.append(f"{'compiled' if compile else 'eager'} decoding (as asked)")
     else:
-        fp32_on_cpu = on_cpu and quantize is None and dtype == "fp32"
-        compile = tool is not None and not small and not (on_cpu and (serving or fp32_on_cpu))
+        compile = compilable and not (on_cpu and quantize is None and dtype == "fp32")
         if compile:
             parts.append(f"compiled decoding (torch.compile with {tool}" + (", ahead of time: the first run per "
                                                                              "shape builds it" if on_cpu else "") + ")")

@@ -42,7 +42,8 @@ class ServeConfig:
     """weight-only quantization of the Linear layers for inference"""
     compile: bool | None = None
     """decode with compiled steps, warmed up before /health reports ready (default: chosen by
-    generation/defaults.py: on with CUDA and Triton, off on the CPU, where they measured slower)"""
+    generation/defaults.py: on with CUDA and Triton, off on the CPU, where the warm-up would build a step
+    library per batch size)"""
     embedding_model: str | None = "all-minilm-l6-v2"
     """encoder for /v1/embeddings (mean pooling): a packaged name or a folder; 'none' serves no
     embeddings (default: the packaged all-MiniLM-L6-v2 when installed)"""
