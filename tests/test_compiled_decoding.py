@@ -18,6 +18,7 @@ from gencycle.generation.compiled import (AheadOfTimeSteps, CompiledDecodeState,
 from gencycle.model.cache import StaticKVCache
 from gencycle.generation.state import DecodeState
 from gencycle.model.fusion import unfuse_projections
+from gencycle.model import cpu_kernels
 from gencycle.model.quantize import quantize_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -175,6 +176,22 @@ def test_ahead_of_time_steps_equal_eager_and_a_later_model_loads_them(tmp_path, 
     with torch.inference_mode():
         assert torch.equal(gencycle.generate(again, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6),
                            eager)
+
+
+@needs_compiler
+@pytest.mark.skipif(not cpu_kernels.available(), reason="gencycle's int4 kernel is not built here")
+def test_an_int4_steps_library_calls_the_kernels_c_function(tmp_path):
+    """An ahead-of-time int4 step calls gencycle's kernel through its C function (no JSON description
+    beside the library for the dispatcher's generic custom-op path: SmolLM2 batch 1, 10 ms a step
+    instead of 7), and decodes as eager decoding does."""
+    model = gencycle.compile_decoding(quantize_model(tiny("tiny-llama"), "int4"), packages=tmp_path)
+    assert {m.kernel for m in model.modules() if getattr(m, "bits", None) == 4} == {"gencycle"}
+    ids, mask = ragged_prompts()
+    eager, compiled = eager_and_compiled(model, ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)
+    assert torch.equal(compiled, eager)
+    library = tmp_path / f"{model.compiled_decoding.ahead_of_time.key}-b4-s64.so"
+    assert library.is_file() and b"aoti_torch_cpu_int4_mm" in library.read_bytes()
+    assert not library.with_suffix(".json").exists()
 
 
 def test_an_exported_step_writes_each_layer_of_the_cache_in_place():

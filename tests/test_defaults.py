@@ -137,7 +137,7 @@ def test_compiled_decoding_equals_eager_for_every_default(monkeypatch, native_bf
     if quantize:
         quantize_model(model, quantize)
     ids = torch.randint(3, 96, (2, 7), generator=torch.Generator().manual_seed(1))
-    gencycle.compile_decoding(model)  # int4 layers move to PyTorch's kernel (compiled.py): eager runs it too
+    gencycle.compile_decoding(model)  # fuses the projections: eager decodes the same layers
     step = model.__dict__.pop("compiled_decoding")
     with torch.inference_mode():
         eager = gencycle.generate(model, ids, max_new_tokens=8, min_new_tokens=8)

@@ -152,26 +152,6 @@ def test_int4_layers_use_gencycle_kernel_where_it_is_built(monkeypatch):
         torch.ops.gencycle.int4_mm(torch.randn(2, 96), ours.weight_int4, ours.int4_scales, ours.int4_zeros, 32)
 
 
-@needs_int4_kernel
-def test_an_int4_layer_moves_to_pytorchs_kernel_with_the_same_weights():
-    """unpack_int4 inverts pack_int4 exactly; use_pytorch_int4_kernel (what compile_decoding does)
-    keeps the layer's numbers in PyTorch's layout; a compiled model's int4 layers use it."""
-    g = torch.Generator().manual_seed(7)
-    q, scale, zero, _ = int4_operands(48, 96, 32, g)
-    for packed, mine in zip(cpu_kernels.unpack_int4(*cpu_kernels.pack_int4(q, scale, zero, 32), 32), (q, scale, zero)):
-        assert torch.equal(packed, mine)
-    layer = QuantizedLinear(torch.randn(64, 128, generator=g), None, 4, 32, prefill="bf16")
-    before, x = layer.dequantized_weight(), torch.randn(5, 128, generator=g)
-    layer.use_pytorch_int4_kernel()
-    assert layer.kernel == "aten" and not hasattr(layer, "int4_scales")
-    assert relative_error(layer.dequantized_weight(), before) < 0.005   # the same weights (read back in bf16)
-    assert relative_error(layer(x), x @ before.t()) < 0.005              # PyTorch's kernel: bf16 activations
-    model = quantize_model(tiny_llama(), "int4")
-    gencycle.compile_decoding(model)
-    kernels = {m.kernel for m in model.modules() if isinstance(m, QuantizedLinear) and m.bits == 4}
-    assert kernels == {"aten"}
-
-
 def test_bf16_and_fp32_inputs_keep_their_dtype():
     layer = QuantizedLinear(torch.randn(32, 64), None, 4, 32)
     assert layer(torch.randn(2, 64)).dtype == torch.float32

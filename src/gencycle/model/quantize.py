@@ -11,8 +11,8 @@ the model (embedding, norms, attention, KV cache) keeps its dtype. The kernels:
 
 - int8: PyTorch's `aten._weight_int8pack_mm` (CPU and CUDA), with bf16 inputs;
 - int4 on a CPU with AVX512-VNNI: gencycle's own `torch.ops.gencycle.int4_mm` (cpu_kernels.py:
-  8-bit activations in blocks of 32, integer dot products; 3x PyTorch's kernel for one row and
-  3-4x for eight, built once per machine), else PyTorch's `aten._weight_int4pack_mm_for_cpu`;
+  8-bit activations in blocks of 32, integer dot products, built once per machine; also inside
+  compiled steps, which call its C function), else PyTorch's `aten._weight_int4pack_mm_for_cpu`;
 - int4 on CUDA: `aten._weight_int4pack_mm` (tinygemm, sm80+).
 
     int8: w ~= q * scale,                 q in [-127, 127], one bf16 scale per output row
@@ -185,19 +185,6 @@ class QuantizedLinear(nn.Module):
             self.register_buffer("weight_int4", packed)
             self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous())
         return ((q.view(N, K // G, G) - 8) * scale.float()[..., None] + zero.float()[..., None]).view(N, K)
-
-    def use_pytorch_int4_kernel(self) -> None:
-        """Move an int4 layer from gencycle's kernel to PyTorch's (`_weight_int4pack_mm_for_cpu`),
-        the same numbers in PyTorch's layout. Inside compiled steps PyTorch's kernel is the faster one:
-        it is called directly, where a custom op goes through the ahead-of-time library's generic
-        (JSON-described) call path (SmolLM2 int4, batch 1: 5.8-7.0 vs 10.0-10.3 ms a step)."""
-        if self.kernel != "gencycle":
-            return
-        q, scale, zero = cpu_kernels.unpack_int4(self.weight_int4, self.int4_scales, self.int4_zeros, self.group_size)
-        del self.int4_scales, self.int4_zeros
-        self.weight_int4 = aten._convert_weight_to_int4pack_for_cpu(q, 2)
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous())
-        self.kernel, self.matrix_rows = "aten", MATRIX_ROWS
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight (N, K) the kernel computes with (for tests and inspection)."""
