@@ -10,6 +10,7 @@ from torch import nn
 
 import gencycle
 from gencycle.adapters import apply_lora, merge_lora
+from gencycle.model import cpu_kernels
 from gencycle.model.fusion import FusedLinear, fuse_for_inference, unfuse_projections
 
 SHAPES = {"tiny-llama": dict(vocab_size=128),
@@ -130,3 +131,38 @@ def test_one_query_attention_equals_sdpa():
         expected = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=attention.scale, enable_gqa=True)
         torch.testing.assert_close(attention._one_query_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_kernels.attention_available(), reason="gencycle's attention kernel is not built here")
+def test_the_decode_attention_kernel_equals_sdpa_and_reads_only_the_attended_slots():
+    """bf16 decoding on the CPU runs gencycle's attention kernel (cpu_kernels.py): SDPA's numbers in fp32
+    up to bf16 rounding, for GQA, padding masks (bf16 / fp32, per row or shared) and no mask, over a
+    cache's narrowed views. Masked slots before the first and after the last attended one are not read
+    (NaN there changes nothing): a compiled step's unfilled cache slots cost nothing."""
+    from gencycle.model.layers import Attention
+    config = gencycle.preset("tiny-llama").replace(hidden_size=256, num_heads=4, num_kv_heads=2, head_dim=64)
+    attention = Attention(config, 0).eval()
+    B, H, Hkv, S, D = 3, 4, 2, 37, 64
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(B, H, 1, D, generator=g).bfloat16()
+    cache = torch.randn(2, B, Hkv, S + 5, D, generator=g).bfloat16()
+    k, v = cache[0].narrow(2, 0, S), cache[1].narrow(2, 0, S)           # (B, Hkv, S, D), not contiguous
+    allowed = torch.ones(B, S, dtype=torch.bool)
+    allowed[0, :9] = False                                              # left padding
+    allowed[:, 30:] = False                                             # slots not filled yet
+    allowed[1, 4] = False                                               # a hole: read, weighted 0
+    k[~allowed[:, None, :, None].expand_as(k) & (torch.arange(S) != 4)[None, None, :, None]] = float("nan")
+    v[~allowed[:, None, :, None].expand_as(v) & (torch.arange(S) != 4)[None, None, :, None]] = float("nan")
+    padding = torch.zeros(B, 1, 1, S).masked_fill(~allowed[:, None, None, :], torch.finfo(torch.float32).min)
+    finite_k, finite_v = k.float().nan_to_num(), v.float().nan_to_num()
+    for mask in (padding, padding.bfloat16(), padding[:1], None):
+        got = attention._one_query_attention(q, k, v, mask)
+        if mask is None:  # every slot attended: NaN-free keys and values
+            got = attention._one_query_attention(q, finite_k.bfloat16(), finite_v.bfloat16(), None)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.float(), finite_k, finite_v, attn_mask=None if mask is None else mask.float(), scale=attention.scale,
+            enable_gqa=True)
+        assert got.dtype == torch.bfloat16 and not got.isnan().any()
+        torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.01)
+    with pytest.raises(RuntimeError, match="decode_attention: bias must be"):
+        torch.ops.gencycle.decode_attention(q.view(B, H, D), k, v, padding[..., :5], 0.125)

@@ -56,6 +56,7 @@ _SOURCE = r"""
 #include <cstring>
 #include <type_traits>
 #include <algorithm>
+#include <vector>
 
 namespace {
 
@@ -70,11 +71,13 @@ inline float bf16_to_float(uint16_t v) {
   return f;
 }
 
-// x (M, K) -> xq (M, K) int8; per block of 32: d and sums (fp32), 8 * the sum of xq (int32)
+// x (M, K) -> xq int8 by block: (K / 32, M, 32); per block of 32 inputs and row, at [b * M + r]: d and the
+// sum of x (fp32), -8 * the sum of xq (int32). Blocked so that a block's rows lie side by side: the
+// kernel then reads them at fixed offsets from one pointer (no address arithmetic per row).
 template <typename T>
 void quantize_rows(const T* x, int64_t M, int64_t K, int8_t* xq, float* d, float* sums, int32_t* offsets) {
   const int64_t blocks = K / 32;
-  at::parallel_for(0, M * blocks, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, M * blocks, 1024, [&](int64_t begin, int64_t end) {  // serial below 1024 blocks: a fork costs more
     for (int64_t i = begin; i < end; i++) {
       const int64_t r = i / blocks, b = i % blocks;
       const T* src = x + r * K + b * 32;
@@ -86,14 +89,15 @@ void quantize_rows(const T* x, int64_t M, int64_t K, int8_t* xq, float* d, float
       __m512 a = _mm512_loadu_ps(v), c = _mm512_loadu_ps(v + 16);
       const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(a)), _mm512_reduce_max_ps(_mm512_abs_ps(c)));
       const float scale = amax / 127.0f, inverse = amax > 0 ? 127.0f / amax : 0.0f;
-      d[i] = scale;
-      sums[i] = _mm512_reduce_add_ps(_mm512_add_ps(a, c));
+      const int64_t at = b * M + r;
+      d[at] = scale;
+      sums[at] = _mm512_reduce_add_ps(_mm512_add_ps(a, c));
       const __m512 inv = _mm512_set1_ps(inverse);
       __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inv));  // round to nearest even
       __m512i qc = _mm512_cvtps_epi32(_mm512_mul_ps(c, inv));
-      offsets[i] = 8 * _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
-      _mm_storeu_si128((__m128i*)(xq + r * K + b * 32), _mm512_cvtepi32_epi8(qa));
-      _mm_storeu_si128((__m128i*)(xq + r * K + b * 32 + 16), _mm512_cvtepi32_epi8(qc));
+      offsets[at] = -8 * _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qc));
+      _mm_storeu_si128((__m128i*)(xq + at * 32), _mm512_cvtepi32_epi8(qa));
+      _mm_storeu_si128((__m128i*)(xq + at * 32 + 16), _mm512_cvtepi32_epi8(qc));
     }
   });
 }
@@ -105,7 +109,7 @@ void quantize_rows(const T* x, int64_t M, int64_t K, int8_t* xq, float* d, float
 template <int R>
 inline void rows_times_block(int64_t nb, int64_t K, int64_t N, int64_t group, const uint8_t* W,
                              const uint16_t* S, const uint16_t* Z, const int8_t* xq, const float* d,
-                             const float* sums, const int32_t* offsets, float* y) {
+                             const float* sums, const int32_t* offsets, int64_t M, float* y) {
   constexpr int64_t AHEAD = 16;
   const int64_t blocks = K / 32, groups = K / group, per_group = group / 32;
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -114,7 +118,7 @@ inline void rows_times_block(int64_t nb, int64_t K, int64_t N, int64_t group, co
   const uint8_t* wp = W + nb * blocks * 256;
   const uint16_t* sp = S + nb * groups * 16;
   const uint16_t* zp = Z + nb * groups * 16;
-  for (int64_t b = 0; b < blocks; b++, wp += 256) {
+  for (int64_t b = 0; b < blocks; b++, wp += 256, xq += 32 * M, d += M, sums += M, offsets += M) {
     for (int line = 0; line < 256; line += 64) _mm_prefetch((const char*)(wp + AHEAD * 256 + line), _MM_HINT_T0);
     const int64_t g = b / per_group;
     if (b % per_group == 0) {  // the next groups' scales and zeros (they follow on in memory)
@@ -130,20 +134,20 @@ inline void rows_times_block(int64_t nb, int64_t K, int64_t N, int64_t group, co
       w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
     }
     __m512i dot[R];
-    for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(-offsets[r * blocks + b]);  // sum of (q - 8) xq
+    for (int r = 0; r < R; r++) dot[r] = _mm512_set1_epi32(offsets[r]);  // sum of (q - 8) xq
     for (int c = 0; c < 8; c++)
       for (int r = 0; r < R; r++)
-        dot[r] = _mm512_dpbusd_epi32(dot[r], w[c], _mm512_set1_epi32(reinterpret_cast<const int32_t*>(xq + r * K + b * 32)[c]));
+        dot[r] = _mm512_dpbusd_epi32(dot[r], w[c], _mm512_set1_epi32(reinterpret_cast<const int32_t*>(xq + 32 * r)[c]));
     for (int r = 0; r < R; r++) {
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(s, _mm512_set1_ps(d[r * blocks + b])), acc[r]);
-      acc[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(sums[r * blocks + b]), acc[r]);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[r]), _mm512_mul_ps(s, _mm512_set1_ps(d[r])), acc[r]);
+      acc[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(sums[r]), acc[r]);
     }
   }
   for (int r = 0; r < R; r++) _mm512_storeu_ps(y + r * N + nb * 16, acc[r]);
 }
 
 using RowsFn = void (*)(int64_t, int64_t, int64_t, int64_t, const uint8_t*, const uint16_t*, const uint16_t*,
-                        const int8_t*, const float*, const float*, const int32_t*, float*);
+                        const int8_t*, const float*, const float*, const int32_t*, int64_t, float*);
 const RowsFn ROWS[9] = {nullptr, rows_times_block<1>, rows_times_block<2>, rows_times_block<3>, rows_times_block<4>,
                         rows_times_block<5>, rows_times_block<6>, rows_times_block<7>, rows_times_block<8>};
 
@@ -184,12 +188,183 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
     for (int64_t nb = begin; nb < end; nb++) {
       for (int64_t r0 = 0; r0 < M; r0 += 8) {
         const int64_t rows = std::min<int64_t>(8, M - r0);
-        ROWS[rows](nb, K, N, group_size, W, S, Z, XQ + r0 * K, D + r0 * blocks, SUMS + r0 * blocks,
-                   OFFSETS + r0 * blocks, Y + r0 * N);
+        ROWS[rows](nb, K, N, group_size, W, S, Z, XQ + r0 * 32, D + r0, SUMS + r0, OFFSETS + r0, M, Y + r0 * N);
       }
     }
   });
   return y;
+}
+
+
+// ---- attention of one new token per row over a KV cache (decoding), bf16
+// e^x for x <= 0 (scores minus their maximum): 2^n e^r, r = x - n ln 2 in [-ln2 / 2, ln2 / 2],
+// e^r by its Taylor polynomial of degree 7 (relative error below 2e-8 there); below -87, ~0.
+inline __m512 exp_nonpositive(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2 in two parts
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline bool masked(float bias) { return bias < -1e30f; }  // finfo.min / -inf: the slot is not attended
+
+// 16 vectors -> one vector of their 16 sums, in order (a transpose-and-add tree: 45 instructions
+// where 16 separate reductions take about 130).
+inline __m512 sums_of_16(__m512* v) {
+  __m512 w[8], x[4], y[2];
+  for (int i = 0; i < 8; i++)  // lanes of 128-bit block: a0+a1, b0+b1, a2+a3, b2+b3 (a = v[2i], b = v[2i+1])
+    w[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]), _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+  for (int i = 0; i < 4; i++)  // per 128-bit block: the 4 sums of v[4i .. 4i + 3] over that block
+    x[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+  for (int i = 0; i < 2; i++)  // blocks 0 + 1 and 2 + 3 of x[2i], x[2i + 1]
+    y[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x88), _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], 0x88), _mm512_shuffle_f32x4(y[0], y[1], 0xDD));
+}
+
+// One (row, kv head): GC of its query heads over slots [first, last] of the cache. D = 16 DV.
+template <int DV, int GC>
+void attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t slot_stride, const float* bias,
+            int64_t first, int64_t last, float scale, float* scores, uint16_t* out) {
+  constexpr int D = 16 * DV;
+  const int64_t S = last - first + 1;
+  __m512bh qv[GC][DV / 2];
+  for (int g = 0; g < GC; g++)
+    for (int j = 0; j < DV / 2; j++) qv[g][j] = (__m512bh)_mm512_loadu_si512((const void*)(q + g * D + 32 * j));
+  for (int64_t s0 = 0; s0 < S; s0 += 16) {  // scores: bf16 pairs multiplied and summed in fp32, 16 slots at a time
+    const int n = static_cast<int>(std::min<int64_t>(16, S - s0));
+    __m512 partial[GC][16];
+    for (int i = 0; i < 16; i++) {
+      const uint16_t* kp = k + (first + s0 + std::min(i, n - 1)) * slot_stride;
+      __m512bh kv[DV / 2];
+      for (int j = 0; j < DV / 2; j++) kv[j] = (__m512bh)_mm512_loadu_si512((const void*)(kp + 32 * j));
+      for (int g = 0; g < GC; g++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int j = 0; j < DV / 2; j++) acc = _mm512_dpbf16_ps(acc, qv[g][j], kv[j]);
+        partial[g][i] = acc;
+      }
+    }
+    const __mmask16 valid = (__mmask16)((1u << n) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(valid, bias + first + s0) : _mm512_setzero_ps();
+    for (int g = 0; g < GC; g++)
+      _mm512_mask_storeu_ps(scores + g * S + s0, valid, _mm512_fmadd_ps(sums_of_16(partial[g]), _mm512_set1_ps(scale), b));
+  }
+  float inverse[GC];
+  for (int g = 0; g < GC; g++) {  // softmax
+    float* sc = scores + g * S;
+    __m512 top = _mm512_set1_ps(-INFINITY);
+    for (int64_t s = 0; s < S; s += 16) {
+      const __mmask16 valid = (__mmask16)(S - s >= 16 ? 0xFFFF : (1u << (S - s)) - 1);
+      top = _mm512_max_ps(top, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), valid, sc + s));
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(top));
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t s = 0; s < S; s += 16) {
+      const __mmask16 valid = (__mmask16)(S - s >= 16 ? 0xFFFF : (1u << (S - s)) - 1);
+      const __m512 e = _mm512_maskz_mov_ps(valid, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, sc + s), m)));
+      _mm512_mask_storeu_ps(sc + s, valid, e);
+      total = _mm512_add_ps(total, e);
+    }
+    inverse[g] = 1.0f / _mm512_reduce_add_ps(total);
+  }
+  __m512 acc[GC][DV];  // weights times values, in fp32: each value row converted once for the GC heads
+  for (int g = 0; g < GC; g++)
+    for (int j = 0; j < DV; j++) acc[g][j] = _mm512_setzero_ps();
+  for (int64_t t = 0; t < S; t++) {
+    const uint16_t* vp = v + (first + t) * slot_stride;
+    __m512 row[DV];
+    for (int j = 0; j < DV; j++) row[j] = load16_bf16(vp + 16 * j);
+    for (int g = 0; g < GC; g++) {
+      const __m512 w = _mm512_set1_ps(scores[g * S + t]);
+      for (int j = 0; j < DV; j++) acc[g][j] = _mm512_fmadd_ps(w, row[j], acc[g][j]);
+    }
+  }
+  for (int g = 0; g < GC; g++)
+    for (int j = 0; j < DV; j++)
+      _mm256_storeu_si256((__m256i*)(out + g * D + 16 * j),
+                          (__m256i)_mm512_cvtneps_pbh(_mm512_mul_ps(acc[g][j], _mm512_set1_ps(inverse[g]))));
+}
+
+// The G query heads of one kv head, up to 16 / DV at a time (their accumulators stay in registers).
+template <int DV>
+void attend_one_kv_head(const uint16_t* q, int64_t G, const uint16_t* k, const uint16_t* v, int64_t slot_stride,
+                        const float* bias, int64_t first, int64_t last, float scale, float* scores, uint16_t* out) {
+  constexpr int D = 16 * DV;
+  for (int64_t g = 0; g < G;) {
+    const int64_t n = std::min<int64_t>(G - g, 16 / DV);
+    const uint16_t* qg = q + g * D;
+    uint16_t* og = out + g * D;
+    switch (n) {
+      case 4: attend<DV, 4>(qg, k, v, slot_stride, bias, first, last, scale, scores, og); break;
+      case 3: attend<DV, 3>(qg, k, v, slot_stride, bias, first, last, scale, scores, og); break;
+      case 2: attend<DV, 2>(qg, k, v, slot_stride, bias, first, last, scale, scores, og); break;
+      default: attend<DV, 1>(qg, k, v, slot_stride, bias, first, last, scale, scores, og);
+    }
+    g += n;
+  }
+}
+
+at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& k, const at::Tensor& v, const at::Tensor& bias_in,
+                            double scale) {
+  TORCH_CHECK(query.dim() == 3 && k.dim() == 4 && v.sizes() == k.sizes() && query.size(0) == k.size(0) &&
+              query.size(2) == k.size(3), "decode_attention: q (B, H, D), k and v (B, Hkv, S, D) do not fit");
+  TORCH_CHECK(query.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 && v.scalar_type() == at::kBFloat16,
+              "decode_attention: q, k, v must be bf16");
+  const int64_t B = query.size(0), H = query.size(1), D = query.size(2), Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK((D == 64 || D == 128) && H % Hkv == 0, "decode_attention: head size ", D, " or heads ", H, " / ", Hkv);
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1 && k.strides() == v.strides(),
+              "decode_attention: k and v must have the same strides, head dimension contiguous");
+  const bool has_bias = bias_in.numel() > 0;
+  at::Tensor bias;
+  if (has_bias) {
+    TORCH_CHECK(bias_in.dim() == 4 && bias_in.size(1) == 1 && bias_in.size(2) == 1 && bias_in.size(3) == S &&
+                (bias_in.size(0) == 1 || bias_in.size(0) == B), "decode_attention: bias must be (B | 1, 1, 1, S)");
+    TORCH_CHECK(bias_in.scalar_type() == at::kBFloat16 || bias_in.scalar_type() == at::kFloat,
+                "decode_attention: bias must be bf16 or fp32");
+    bias = bias_in.contiguous();
+  }
+  const bool bf16_bias = has_bias && bias.scalar_type() == at::kBFloat16;
+  const int64_t bias_rows = has_bias ? bias.size(0) : 0;
+  const at::Tensor q = query.contiguous();
+  auto out = at::empty({B, H, D}, q.options());
+  const int64_t G = H / Hkv;
+  const uint16_t* Q = reinterpret_cast<const uint16_t*>(q.data_ptr<at::BFloat16>());
+  const uint16_t* Kp = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
+  const uint16_t* Vp = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
+  uint16_t* O = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
+  const void* BIAS = has_bias ? bias.data_ptr() : nullptr;
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(G * S), bias_row(has_bias ? S : 0);
+    for (int64_t task = begin; task < end; task++) {
+      const int64_t b = task / Hkv, h = task % Hkv, offset = (bias_rows == 1 ? 0 : b) * S;
+      const float* row = nullptr;
+      if (bf16_bias) {
+        const uint16_t* source = static_cast<const uint16_t*>(BIAS) + offset;
+        for (int64_t s = 0; s < S; s++) bias_row[s] = bf16_to_float(source[s]);
+        row = bias_row.data();
+      } else if (has_bias) {
+        row = static_cast<const float*>(BIAS) + offset;
+      }
+      int64_t first = 0, last = S - 1;  // the attended slots lie in [first, last]: the rest is not read
+      if (row) {
+        while (first <= last && masked(row[first])) first++;
+        while (last >= first && masked(row[last])) last--;
+      }
+      uint16_t* o = O + (b * H + h * G) * D;
+      if (first > last) {  // nothing to attend to
+        std::memset(o, 0, G * D * sizeof(uint16_t));
+        continue;
+      }
+      const uint16_t* kb = Kp + b * k.stride(0) + h * k.stride(1);
+      const uint16_t* vb = Vp + b * v.stride(0) + h * v.stride(1);
+      if (D == 64) attend_one_kv_head<4>(Q + (b * H + h * G) * D, G, kb, vb, k.stride(2), row, first, last, scale, scores.data(), o);
+      else attend_one_kv_head<8>(Q + (b * H + h * G) * D, G, kb, vb, k.stride(2), row, first, last, scale, scores.data(), o);
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -206,16 +381,28 @@ extern "C" AOTITorchError aoti_torch_cpu_int4_mm(AtenTensorHandle x, AtenTensorH
   });
 }
 
+extern "C" AOTITorchError aoti_torch_cpu_decode_attention(AtenTensorHandle q, AtenTensorHandle k, AtenTensorHandle v,
+    AtenTensorHandle bias, double scale, AtenTensorHandle* ret0) {
+  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
+    using torch::aot_inductor::tensor_handle_to_tensor_pointer;
+    at::Tensor out = decode_attention(*tensor_handle_to_tensor_pointer(q), *tensor_handle_to_tensor_pointer(k),
+                                      *tensor_handle_to_tensor_pointer(v), *tensor_handle_to_tensor_pointer(bias), scale);
+    *ret0 = torch::aot_inductor::new_tensor_handle(std::move(out));
+  });
+}
+
 TORCH_LIBRARY(gencycle, m) {
   m.def("int4_mm(Tensor x, Tensor weight, Tensor scales, Tensor zeros, int group_size) -> Tensor");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(gencycle, CPU, m) {
   m.impl("int4_mm", &int4_mm);
+  m.impl("decode_attention", &decode_attention);
 }
 """
 
-_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mfma"]
+_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512vnni", "-mavx512bf16", "-mfma"]
 
 
 def cpu_flags() -> frozenset[str]:
@@ -254,6 +441,7 @@ def _build() -> bool:
                       f"{str(error)[:300]}); using PyTorch's int4 kernel", stacklevel=3)
         return False
     torch.library.register_fake("gencycle::int4_mm")(_int4_mm_shape)
+    torch.library.register_fake("gencycle::decode_attention")(_decode_attention_shape)
     library = next(path for path in torch.ops.loaded_libraries if "gencycle_cpu_kernels" in Path(path).name)
     ctypes.CDLL(library, mode=os.RTLD_GLOBAL)  # its C function, for the compiled steps that call it
     return True
@@ -263,14 +451,34 @@ def _int4_mm_shape(x, weight, scales, zeros, group_size):
     return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
 
 
+def _decode_attention_shape(q, k, v, bias, scale):
+    return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
 def available() -> bool:
     """Whether `torch.ops.gencycle.int4_mm` can run here (built on first call)."""
     with _LOCK:
         return _build()
 
 
-_C_SHIM = ("AOTITorchError aoti_torch_cpu_int4_mm(AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle scales, "
-           "AtenTensorHandle zeros, int64_t group_size, AtenTensorHandle* ret0)")
+_attention_available: bool | None = None
+
+
+@torch.compiler.assume_constant_result  # torch.compile calls it instead of tracing it
+def attention_available() -> bool:
+    """Whether `torch.ops.gencycle.decode_attention` can run here: the kernels are built and the CPU
+    has AVX512-BF16 (`vdpbf16ps`)."""
+    global _attention_available
+    if _attention_available is None:
+        _attention_available = "avx512_bf16" in cpu_flags() and available()
+    return _attention_available
+
+
+_C_SHIMS = {  # the kernels' C functions (see inductor_options)
+    "int4_mm": "AOTITorchError aoti_torch_cpu_int4_mm(AtenTensorHandle x, AtenTensorHandle weight, "
+               "AtenTensorHandle scales, AtenTensorHandle zeros, int64_t group_size, AtenTensorHandle* ret0)",
+    "decode_attention": "AOTITorchError aoti_torch_cpu_decode_attention(AtenTensorHandle q, AtenTensorHandle k, "
+                        "AtenTensorHandle v, AtenTensorHandle bias, double scale, AtenTensorHandle* ret0)"}
 
 
 def inductor_options() -> dict:
@@ -279,7 +487,8 @@ def inductor_options() -> dict:
     library, JSON-described arguments). {} where the kernel is not built."""
     if not available():
         return {}
-    return {"aot_inductor.custom_ops_to_c_shims": {torch.ops.gencycle.int4_mm.default: [_C_SHIM]}}
+    return {"aot_inductor.custom_ops_to_c_shims": {getattr(torch.ops.gencycle, name).default: [shim]
+                                                   for name, shim in _C_SHIMS.items()}}
 
 
 def pack_int4(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int):

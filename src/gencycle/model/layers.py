@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_kernels
 from .cache import KVCache
 from .config import ModelConfig
 from .fusion import FusedNames
@@ -145,6 +146,12 @@ class Attention(FusedNames, nn.Module):
         q: (B, H, 1, D); k, v: (B, Hkv, S, D); mask: (B|1, H|1, 1, S) or None -> (B, H, 1, D)."""
         B, H, _, D = q.shape
         Hkv, S = k.shape[1], k.shape[2]
+        if (q.dtype == torch.bfloat16 and q.device.type == "cpu" and D in (64, 128) and not q.requires_grad
+                and k.stride(-1) == 1 and k.stride() == v.stride()
+                and (mask is None or (mask.shape[1] == mask.shape[2] == 1 and mask.shape[3] == S))
+                and cpu_kernels.attention_available()):
+            bias = q.new_empty(0) if mask is None else mask         # gencycle's kernel (cpu_kernels.py)
+            return torch.ops.gencycle.decode_attention(q.reshape(B, H, D), k, v, bias, self.scale).view(B, H, 1, D)
         q = q.reshape(B, Hkv, H // Hkv, D)                      # query heads grouped by kv head
         scores = (q @ k.transpose(-2, -1)) * self.scale          # (B, Hkv, H/Hkv, S)
         if mask is not None:
