@@ -77,17 +77,17 @@ inline float bf16_to_float(uint16_t v) {
 template <typename T>
 void quantize_rows(const T* x, int64_t M, int64_t K, int8_t* xq, float* d, float* sums, int32_t* offsets) {
   const int64_t blocks = K / 32;
-  at::parallel_for(0, M * blocks, 1024, [&](int64_t begin, int64_t end) {  // serial below 1024 blocks: a fork costs more
+  at::parallel_for(0, M * blocks, 256, [&](int64_t begin, int64_t end) {  // serial below 256 blocks: a fork costs more
     for (int64_t i = begin; i < end; i++) {
       const int64_t r = i / blocks, b = i % blocks;
       const T* src = x + r * K + b * 32;
-      float v[32];
-      for (int j = 0; j < 32; j++) {
-        if constexpr (std::is_same_v<T, float>) v[j] = src[j];
-        else v[j] = bf16_to_float(reinterpret_cast<const uint16_t*>(src)[j]);
+      __m512 a, c;
+      if constexpr (std::is_same_v<T, float>) {
+        a = _mm512_loadu_ps(src), c = _mm512_loadu_ps(src + 16);
+      } else {
+        a = load16_bf16(reinterpret_cast<const uint16_t*>(src)), c = load16_bf16(reinterpret_cast<const uint16_t*>(src) + 16);
       }
-      __m512 a = _mm512_loadu_ps(v), c = _mm512_loadu_ps(v + 16);
-      const float amax = std::max(_mm512_reduce_max_ps(_mm512_abs_ps(a)), _mm512_reduce_max_ps(_mm512_abs_ps(c)));
+      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(c)));
       const float scale = amax / 127.0f, inverse = amax > 0 ? 127.0f / amax : 0.0f;
       const int64_t at = b * M + r;
       d[at] = scale;
@@ -166,23 +166,17 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   auto y = at::empty({M, N}, x.options().dtype(at::kFloat));
   if (M == 0) return y;
   const int64_t blocks = K / 32;
-  auto xq = at::empty({M, K}, x.options().dtype(at::kChar));
-  auto d = at::empty({M, blocks}, x.options().dtype(at::kFloat));
-  auto sums = at::empty({M, blocks}, x.options().dtype(at::kFloat));
-  auto offsets = at::empty({M, blocks}, x.options().dtype(at::kInt));
-  if (x.scalar_type() == at::kFloat)
-    quantize_rows(x.data_ptr<float>(), M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(), sums.data_ptr<float>(),
-                  offsets.data_ptr<int32_t>());
-  else
-    quantize_rows(x.data_ptr<at::BFloat16>(), M, K, xq.data_ptr<int8_t>(), d.data_ptr<float>(), sums.data_ptr<float>(),
-                  offsets.data_ptr<int32_t>());
+  // one scratch buffer: xq (M K bytes), then d, sums (fp32) and offsets (int32), M x blocks each
+  auto scratch = at::empty({M * K + 12 * M * blocks}, x.options().dtype(at::kByte));
+  int8_t* XQ = reinterpret_cast<int8_t*>(scratch.data_ptr<uint8_t>());
+  float* D = reinterpret_cast<float*>(XQ + M * K);  // K % 32 == 0: aligned for floats
+  float* SUMS = D + M * blocks;
+  int32_t* OFFSETS = reinterpret_cast<int32_t*>(SUMS + M * blocks);
+  if (x.scalar_type() == at::kFloat) quantize_rows(x.data_ptr<float>(), M, K, XQ, D, SUMS, OFFSETS);
+  else quantize_rows(x.data_ptr<at::BFloat16>(), M, K, XQ, D, SUMS, OFFSETS);
   const uint8_t* W = weight.data_ptr<uint8_t>();
   const uint16_t* S = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
   const uint16_t* Z = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
-  const int32_t* OFFSETS = offsets.data_ptr<int32_t>();
-  const int8_t* XQ = xq.data_ptr<int8_t>();
-  const float* D = d.data_ptr<float>();
-  const float* SUMS = sums.data_ptr<float>();
   float* Y = y.data_ptr<float>();
   at::parallel_for(0, N / 16, 1, [&](int64_t begin, int64_t end) {
     for (int64_t nb = begin; nb < end; nb++) {
@@ -239,6 +233,7 @@ void attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t slo
     __m512 partial[GC][16];
     for (int i = 0; i < 16; i++) {
       const uint16_t* kp = k + (first + s0 + std::min(i, n - 1)) * slot_stride;
+      for (int line = 0; line < D; line += 32) _mm_prefetch((const char*)(kp + 16 * slot_stride + line), _MM_HINT_T0);
       __m512bh kv[DV / 2];
       for (int j = 0; j < DV / 2; j++) kv[j] = (__m512bh)_mm512_loadu_si512((const void*)(kp + 32 * j));
       for (int g = 0; g < GC; g++) {
@@ -275,6 +270,7 @@ void attend(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t slo
     for (int j = 0; j < DV; j++) acc[g][j] = _mm512_setzero_ps();
   for (int64_t t = 0; t < S; t++) {
     const uint16_t* vp = v + (first + t) * slot_stride;
+    for (int line = 0; line < D; line += 32) _mm_prefetch((const char*)(vp + 16 * slot_stride + line), _MM_HINT_T0);
     __m512 row[DV];
     for (int j = 0; j < DV; j++) row[j] = load16_bf16(vp + 16 * j);
     for (int g = 0; g < GC; g++) {
