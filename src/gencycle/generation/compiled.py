@@ -70,13 +70,6 @@ from .state import DecodeState
 MIN_SLOTS = 64
 # inductor settings of every compiled step, in this process and ahead of time (see CompiledStep.__call__)
 STEP_OPTIONS = {"freezing": True, "emulate_precision_casts": True}
-
-
-def step_options() -> dict:
-    """STEP_OPTIONS, and the C function of gencycle's int4 kernel for the steps' C++ wrappers to call
-    (`cpu_kernels.inductor_options`: through the dispatcher's generic path for custom ops, SmolLM2's
-    int4 step at batch 1 took 10 ms instead of 7)."""
-    return {**STEP_OPTIONS, **cpu_kernels.inductor_options()}
 MAX_GRAPHS = 128  # graphs of one compiled step: one per batch size and cache size
 _REBUILD = threading.Lock()
 _OPTIMIZER_STEPS = WeakIdKeyDictionary()  # parameter -> torch.optim steps over it, once compile_decoding ran
@@ -193,7 +186,7 @@ class CompiledStep:
         #   (its default, 8, is four batch sizes at two cache sizes).
         from torch._dynamo import config as dynamo
         from torch._inductor import config as inductor
-        with (self.lock, inductor.patch(cpp_wrapper=True, **step_options()),
+        with (self.lock, inductor.patch(cpp_wrapper=True, **STEP_OPTIONS),
               dynamo.patch(recompile_limit=MAX_GRAPHS),
               _onednn_fp32_linears()):
             return self.function(ids, positions, bias, cache)
@@ -264,7 +257,7 @@ class AheadOfTimeSteps:
         runner = self.runners.get((batch, slots))
         if runner is None:
             path = self.path(batch, slots)
-            cpu_kernels.available()  # a library may call the int4 kernel's C function: built and loaded first
+            cpu_kernels.available()  # a library may call gencycle's kernels (custom ops): registered first
             if not path.is_file():
                 self.build(batch, slots, path)
             device = self.model.device
@@ -292,7 +285,7 @@ class AheadOfTimeSteps:
                 with _onednn_fp32_linears():
                     package = torch._inductor.aoti_compile_and_package(
                         program, package_path=str(work / "step.pt2"),
-                        inductor_configs=step_options())
+                        inductor_configs=STEP_OPTIONS)
                 with zipfile.ZipFile(package) as archive:  # the library (weights inside) and the json that
                     library = next(n for n in archive.namelist() if n.endswith(".so"))  # names its custom ops:
                     for member, suffix in ((library[:-3] + ".json", ".json"), (library, ".so")):  # loading

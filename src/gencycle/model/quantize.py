@@ -12,7 +12,7 @@ the model (embedding, norms, attention, KV cache) keeps its dtype. The kernels:
 - int8: PyTorch's `aten._weight_int8pack_mm` (CPU and CUDA), with bf16 inputs;
 - int4 on a CPU with AVX512-VNNI: gencycle's own `torch.ops.gencycle.int4_mm` (cpu_kernels.py:
   8-bit activations in blocks of 32, integer dot products, built once per machine; also inside
-  compiled steps, which call its C function), else PyTorch's `aten._weight_int4pack_mm_for_cpu`;
+  compiled steps), else PyTorch's `aten._weight_int4pack_mm_for_cpu`;
 - int4 on CUDA: `aten._weight_int4pack_mm` (tinygemm, sm80+).
 
     int8: w ~= q * scale,                 q in [-127, 127], one bf16 scale per output row
