@@ -1,7 +1,7 @@
 """gencycle's own CPU kernels, built once per machine: int4 weights times activations, and the
 attention of one new token per row over a KV cache.
 
-    y = torch.ops.gencycle.int4_mm(x, weight, scales, zeros, group_size)   # x (M, K) fp32 / bf16 -> (M, N) fp32
+    y = torch.ops.gencycle.int4_mm(x, weight, scales, zeros, group_size)   # x (M, K) fp32 / bf16 -> (M, N), x's dtype
     out = torch.ops.gencycle.decode_attention(q, k, v, bias, scale)       # bf16 q (B, H, D) -> (B, H, D)
 
 Compiled steps call them as custom ops (torch.library; an ahead-of-time library through its
@@ -121,10 +121,10 @@ void quantize_rows(const T* x, int64_t M, int64_t K, int8_t* xq, float* d, float
 // independent vpdpbusd chains), and the weights 16 blocks (4 KB) ahead are prefetched: without it
 // the loads of cold weights and the arithmetic did not overlap (SmolLM2's layers at 8 rows,
 // weights not in cache: 12.9 ms a pass without, 8.2 ms with).
-template <int R>
+template <int R, typename Out>
 inline void rows_times_block(int64_t nb, int64_t K, int64_t N, int64_t group, const uint8_t* W,
                              const uint16_t* S, const uint16_t* Z, const int8_t* xq, const float* d,
-                             const float* sums, const int32_t* offsets, int64_t M, float* y) {
+                             const float* sums, const int32_t* offsets, int64_t M, Out* y) {
   constexpr int64_t AHEAD = 16;
   const int64_t blocks = K / 32, groups = K / group, per_group = group / 32;
   const __m512i low = _mm512_set1_epi8(0x0F);
@@ -158,13 +158,32 @@ inline void rows_times_block(int64_t nb, int64_t K, int64_t N, int64_t group, co
       acc[r] = _mm512_fmadd_ps(z, _mm512_set1_ps(sums[r]), acc[r]);
     }
   }
-  for (int r = 0; r < R; r++) _mm512_storeu_ps(y + r * N + nb * 16, acc[r]);
+  for (int r = 0; r < R; r++) {  // in x's dtype: bf16 rounded to nearest even, as .to(bfloat16) does
+    if constexpr (std::is_same_v<Out, float>) _mm512_storeu_ps(y + r * N + nb * 16, acc[r]);
+    else _mm256_storeu_si256((__m256i*)(y + r * N + nb * 16), (__m256i)_mm512_cvtneps_pbh(acc[r]));
+  }
 }
 
+template <typename Out>
 using RowsFn = void (*)(int64_t, int64_t, int64_t, int64_t, const uint8_t*, const uint16_t*, const uint16_t*,
-                        const int8_t*, const float*, const float*, const int32_t*, int64_t, float*);
-const RowsFn ROWS[9] = {nullptr, rows_times_block<1>, rows_times_block<2>, rows_times_block<3>, rows_times_block<4>,
-                        rows_times_block<5>, rows_times_block<6>, rows_times_block<7>, rows_times_block<8>};
+                        const int8_t*, const float*, const float*, const int32_t*, int64_t, Out*);
+template <typename Out>
+const RowsFn<Out> ROWS[9] = {nullptr, rows_times_block<1, Out>, rows_times_block<2, Out>, rows_times_block<3, Out>,
+                             rows_times_block<4, Out>, rows_times_block<5, Out>, rows_times_block<6, Out>,
+                             rows_times_block<7, Out>, rows_times_block<8, Out>};
+
+template <typename Out>
+void all_blocks(int64_t M, int64_t K, int64_t N, int64_t group_size, const uint8_t* W, const uint16_t* S,
+                const uint16_t* Z, const int8_t* XQ, const float* D, const float* SUMS, const int32_t* OFFSETS, Out* Y) {
+  at::parallel_for(0, N / 16, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t nb = begin; nb < end; nb++) {
+      for (int64_t r0 = 0; r0 < M; r0 += 8) {
+        const int64_t rows = std::min<int64_t>(8, M - r0);
+        ROWS<Out>[rows](nb, K, N, group_size, W, S, Z, XQ + r0 * 32, D + r0, SUMS + r0, OFFSETS + r0, M, Y + r0 * N);
+      }
+    }
+  });
+}
 
 at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales, const at::Tensor& zeros,
                    int64_t group_size) {
@@ -178,7 +197,7 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   TORCH_CHECK(weight.size(1) * 2 == K && K % 32 == 0 && N % 16 == 0 && group_size % 32 == 0 && K % group_size == 0,
               "int4_mm: shapes do not fit (K ", K, ", N ", N, ", group size ", group_size, ")");
   TORCH_CHECK(scales.numel() == N * (K / group_size) && zeros.numel() == scales.numel(), "int4_mm: scales do not fit");
-  auto y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  auto y = at::empty({M, N}, x.options());
   if (M == 0) return y;
   const int64_t blocks = K / 32;
   // one scratch buffer: xq (M K bytes), then d, sums (fp32) and offsets (int32), M x blocks each
@@ -192,15 +211,11 @@ at::Tensor int4_mm(const at::Tensor& x, const at::Tensor& weight, const at::Tens
   const uint8_t* W = weight.data_ptr<uint8_t>();
   const uint16_t* S = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::BFloat16>());
   const uint16_t* Z = reinterpret_cast<const uint16_t*>(zeros.data_ptr<at::BFloat16>());
-  float* Y = y.data_ptr<float>();
-  at::parallel_for(0, N / 16, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t nb = begin; nb < end; nb++) {
-      for (int64_t r0 = 0; r0 < M; r0 += 8) {
-        const int64_t rows = std::min<int64_t>(8, M - r0);
-        ROWS[rows](nb, K, N, group_size, W, S, Z, XQ + r0 * 32, D + r0, SUMS + r0, OFFSETS + r0, M, Y + r0 * N);
-      }
-    }
-  });
+  if (x.scalar_type() == at::kFloat)
+    all_blocks(M, K, N, group_size, W, S, Z, XQ, D, SUMS, OFFSETS, y.data_ptr<float>());
+  else
+    all_blocks(M, K, N, group_size, W, S, Z, XQ, D, SUMS, OFFSETS,
+               reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>()));
   return y;
 }
 
@@ -435,7 +450,7 @@ def _build() -> bool:
 
 
 def _int4_mm_shape(x, weight, scales, zeros, group_size):
-    return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+    return x.new_empty((x.shape[0], weight.shape[0]))
 
 
 def _decode_attention_shape(q, k, v, bias, scale):

@@ -190,7 +190,7 @@ class QuantizedLinear(nn.Module):
         """The float weight (N, K) the kernel computes with (for tests and inspection)."""
         if self.bits == 8:
             return self.weight_int8.float() * self.scales.float()[:, None]
-        eye = torch.eye(self.in_features, dtype=torch.bfloat16, device=self.weight_int4.device)
+        eye = torch.eye(self.in_features, device=self.weight_int4.device)
         return self._matmul(eye).float().t()  # columns of W^T, read back through the kernel itself
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:  # x: (M, K) contiguous -> (M, N) bf16 or fp32
