@@ -352,8 +352,17 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& k, const 
                 "decode_attention: bias must be bf16 or fp32");
     bias = bias_in.contiguous();
   }
-  const bool bf16_bias = has_bias && bias.scalar_type() == at::kBFloat16;
   const int64_t bias_rows = has_bias ? bias.size(0) : 0;
+  std::vector<float> bias_fp32;  // a bf16 bias converted once, for every kv head of its rows
+  const float* BIAS = nullptr;
+  if (has_bias && bias.scalar_type() == at::kFloat) {
+    BIAS = bias.data_ptr<float>();
+  } else if (has_bias) {
+    const uint16_t* source = reinterpret_cast<const uint16_t*>(bias.data_ptr<at::BFloat16>());
+    bias_fp32.resize(bias.numel());
+    for (int64_t i = 0; i < bias.numel(); i++) bias_fp32[i] = bf16_to_float(source[i]);
+    BIAS = bias_fp32.data();
+  }
   const at::Tensor q = query.contiguous();
   auto out = at::empty({B, H, D}, q.options());
   const int64_t G = H / Hkv;
@@ -361,19 +370,11 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& k, const 
   const uint16_t* Kp = reinterpret_cast<const uint16_t*>(k.data_ptr<at::BFloat16>());
   const uint16_t* Vp = reinterpret_cast<const uint16_t*>(v.data_ptr<at::BFloat16>());
   uint16_t* O = reinterpret_cast<uint16_t*>(out.data_ptr<at::BFloat16>());
-  const void* BIAS = has_bias ? bias.data_ptr() : nullptr;
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(G * S), bias_row(has_bias ? S : 0);
+    std::vector<float> scores(G * S);
     for (int64_t task = begin; task < end; task++) {
-      const int64_t b = task / Hkv, h = task % Hkv, offset = (bias_rows == 1 ? 0 : b) * S;
-      const float* row = nullptr;
-      if (bf16_bias) {
-        const uint16_t* source = static_cast<const uint16_t*>(BIAS) + offset;
-        for (int64_t s = 0; s < S; s++) bias_row[s] = bf16_to_float(source[s]);
-        row = bias_row.data();
-      } else if (has_bias) {
-        row = static_cast<const float*>(BIAS) + offset;
-      }
+      const int64_t b = task / Hkv, h = task % Hkv;
+      const float* row = BIAS ? BIAS + (bias_rows == 1 ? 0 : b) * S : nullptr;
       int64_t first = 0, last = S - 1;  // the attended slots lie in [first, last]: the rest is not read
       if (row) {
         while (first <= last && masked(row[first])) first++;
