@@ -257,9 +257,10 @@ class AheadOfTimeSteps:
         runner = self.runners.get((batch, slots))
         if runner is None:
             path = self.path(batch, slots)
-            cpu_kernels.available()  # a library may call gencycle's kernels (custom ops): registered first
             if not path.is_file():
                 self.build(batch, slots, path)
+            if path.with_suffix(".json").is_file():  # the library calls custom ops (gencycle's kernels):
+                cpu_kernels.available()              # built and registered before it loads
             device = self.model.device
             aoti = torch._C._aoti
             runner = (aoti.AOTIModelContainerRunnerCpu(str(path), 1) if device.type == "cpu"
