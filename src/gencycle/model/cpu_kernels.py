@@ -5,8 +5,8 @@ attention of one new token per row over a KV cache.
     out = torch.ops.gencycle.decode_attention(q, k, v, bias, scale)       # bf16 q (B, H, D) -> (B, H, D)
 
 Compiled steps call them as custom ops (torch.library; an ahead-of-time library through its
-JSON-described custom-op path, which measured as fast as a direct C call: SmolLM2 int4 steps,
-batch 1 4.5-4.8 vs 4.8-5.4 ms, batch 8 13.9 vs 13.8 ms).
+JSON-described custom-op path, which measured as fast as a direct C call). Both split their work
+over torch's OpenMP threads (`at::parallel_for`; see _FLAGS).
 
 int4_mm. PyTorch's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`) multiplies in fp32: every weight is
 unpacked and then costs one fp32 multiply-add per row, so eight rows (a batch of 8 decoding)
@@ -30,15 +30,16 @@ slices each (lane l, byte i: the low nibble is q[16 nb + l, 32 b + 8 j + i], the
 same for input 8 j + 4 + i), ready for `vpdpbusd` after a mask and a shift. `pack_int4` writes it.
 
 Each output block's weights are prefetched 4 KB ahead (cold weights: loads and arithmetic
-otherwise did not overlap), and a block's activation rows lie side by side.
+otherwise did not overlap), and a block's activation rows lie side by side. One pass over
+SmolLM2's layers, weights not in cache, 2 threads: 2.9 ms at 1 row (29 GB/s of weights), 5.3 ms at 8.
 
 decode_attention: per (row, kv head), the query heads of that kv head (GQA) read each key and value
 row once; scores (`vdpbf16ps`: bf16 pairs multiplied and summed in fp32), softmax and the weighted
 sum of values are fp32, the output bf16. `bias` is additive, (B | 1, 1, 1, S) in bf16 or fp32, or
 empty; slots masked (below -1e30) before the first and after the last attended one are not read,
 so a compiled step that attends over every slot of a static cache pays only for the filled ones.
-Against bf16 matmuls and softmax (SmolLM2, batch 8, 256 slots, 30 layers from cold caches): 2.2 vs
-5.1 ms. It needs AVX512-BF16 as well (`attention_available`); D must be 64 or 128.
+Against bf16 matmuls and softmax (SmolLM2, batch 8, 256 slots, 30 layers from cold caches, 2
+threads): 1.3 vs 5.7 ms. It needs AVX512-BF16 as well (`attention_available`); D must be 64 or 128.
 
 The source is compiled with torch.utils.cpp_extension the first time it is needed (about a minute
 on 2 cores; kept in torch's extension cache, loaded in well under a second afterwards). Where it

@@ -61,9 +61,10 @@ PREFILL_MODES = ("auto", "bf16", "kernel")
 # Products over at least this many rows use the bf16 copy, when one is kept: about where bf16
 # matrix kernels overtake PyTorch's int8 / int4 ones (SmolLM2's layers, one pass over all of them
 # with bf16 inputs: int8 kernel 7.0 / 13.9 / 26.6 ms at 4 / 8 / 16 rows, bf16 copy 10.6-10.8 ms),
-# and gencycle's int4 one (24-32 rows; cpu_kernels.py), measured on this project's Xeon.
+# and gencycle's int4 one (about 64 rows: one pass over SmolLM2's layers, 2 threads, int4 kernel
+# 16.2 / 32.4 / 48.3 ms at 32 / 64 / 96 rows, bf16 copy 27.1 / 34.5 / 39.8 ms), on this project's Xeon.
 MATRIX_ROWS = 8
-VNNI_MATRIX_ROWS = 32
+VNNI_MATRIX_ROWS = 64
 aten = torch.ops.aten
 
 
