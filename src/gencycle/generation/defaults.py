@@ -19,14 +19,15 @@ The rules:
   (CUDA with bf16 support, a CPU with AMX-BF16 or AVX512-BF16: there bf16 prefill is about 2x fp32
   and bf16 decoding 1.5-2x), fp32 elsewhere (a CPU without them emulates bf16, slower than fp32).
   With weight-only quantization (int8 / int4), bf16 around the quantized layers where bf16 is
-  native and decoding is compiled: the compiled step decodes as fast as with fp32 around them
-  (SmolLM2 int4 on this Xeon: 6.99 vs 6.87 ms a step at batch 1, 21.7 vs 21.9 at batch 8) and the
-  prompt runs at bf16 speed (batch 8 prefill 4027 vs 3288 tok/s). fp32 around them when decoding
-  eagerly (there bf16 steps are slower: 20.2 vs 14.8 ms) or where bf16 is not native. A quantized
+  native and decoding is compiled: the compiled step decodes faster than with fp32 around them
+  (SmolLM2 int4 on this Xeon: 3.0 vs 3.6 ms a step at batch 1, 8.9 vs 14.1 at batch 8; bf16 attends
+  through gencycle's attention kernel) and the prompt runs at bf16 speed (batch 8 prefill 4027 vs
+  3288 tok/s). fp32 around them when decoding eagerly (there bf16 steps are slower: 10.2 vs 9.4 ms
+  at batch 1) or where bf16 is not native. A quantized
   model's greedy tokens differ from fp32's anyway;
 - decoding: compiled steps (`compile_decoding`) on CUDA where Triton can build them, and on the CPU
   for bf16 and quantized models, where they measured about twice as fast as eager steps (SmolLM2,
-  batch 1, 256 cache slots, the step library built: bf16 17.8 vs 35.4 ms, int4 6.9 vs 14.8 ms),
+  batch 1, 256 cache slots, the step library built: bf16 16.7 vs 33.8 ms, int4 3.0 vs 9.4 ms),
   provided the model is large enough to repay compiling (at least MIN_COMPILED_ELEMENTS weights:
   below, a step takes microseconds and compiling takes longer than any generation). Eager on the
   CPU for fp32 (compiled 30.7 vs eager 30.0 ms a step: nothing to repay the build) and for a server
