@@ -166,3 +166,34 @@ def test_the_decode_attention_kernel_equals_sdpa_and_reads_only_the_attended_slo
         torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.01)
     with pytest.raises(RuntimeError, match="decode_attention: bias must be"):
         torch.ops.gencycle.decode_attention(q.view(B, H, D), k, v, padding[..., :5], 0.125)
+
+
+@pytest.mark.skipif(not cpu_kernels.attention_available(), reason="gencycle's CPU kernels are not built here")
+def test_the_cpu_kernels_split_their_work_over_torchs_threads_without_changing_a_number():
+    """The kernels' at::parallel_for is OpenMP only when the extension is built with -fopenmp (without
+    it, it silently compiles to a serial loop, as it did for several sessions): the library calls
+    libgomp's GOMP_parallel, and 1 thread and 2 threads give the same bits (each thread writes whole
+    rows / output blocks; no sum is split between threads)."""
+    from pathlib import Path
+    library = next(path for path in torch.ops.loaded_libraries if "gencycle_cpu_kernels" in path)
+    assert b"GOMP_parallel" in Path(library).read_bytes()
+    from gencycle.model.cpu_kernels import pack_int4
+    g = torch.Generator().manual_seed(0)
+    N, K = 64, 128
+    weights = pack_int4(torch.randint(0, 16, (N, K), generator=g), torch.rand(N, K // 32, generator=g) / 8,
+                        torch.randn(N, K // 32, generator=g) / 8, 32)
+    x = torch.randn(8, K, generator=g).bfloat16()
+    q = torch.randn(4, 8, 64, generator=g).bfloat16()
+    k, v = torch.randn(2, 4, 4, 50, 64, generator=g).bfloat16()
+    bias = torch.zeros(4, 1, 1, 50).masked_fill_(torch.rand(4, 1, 1, 50, generator=g) < 0.2, float("-inf"))
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append((torch.ops.gencycle.int4_mm(x, *weights, 32),
+                            torch.ops.gencycle.decode_attention(q, k, v, bias, 0.125)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
