@@ -5,7 +5,9 @@ Eager decoding is itself checked token for token against `transformers.generate`
 tiny model (tens of seconds the first time; torch caches compiled graphs on disk).
 """
 
+import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ import gencycle
 from gencycle.adapters import apply_lora, apply_prompt_tuning, load_adapter, merge_lora, save_adapter
 from gencycle.generation.compiled import (AheadOfTimeSteps, CompiledDecodeState, CompiledStep, _layer_tensors,
                                           _onednn_fp32_linears, _StepModule, cache_slots, fingerprint,
-                                          has_cpp_compiler, package_key)
+                                          has_cpp_compiler, package_key, prune)
 from gencycle.model.cache import StaticKVCache
 from gencycle.generation.state import DecodeState
 from gencycle.model.fusion import unfuse_projections
@@ -172,10 +174,13 @@ def test_ahead_of_time_steps_equal_eager_and_a_later_model_loads_them(tmp_path, 
     key = model.compiled_decoding.ahead_of_time.key
     assert (tmp_path / f"{key}-b4-s64.so").is_file()
     monkeypatch.setattr(AheadOfTimeSteps, "build", lambda *args: pytest.fail("built again"))
+    library = tmp_path / f"{key}-b4-s64.so"
+    os.utime(library, (1e9, 1e9))  # long unused
     again = gencycle.compile_decoding(tiny("tiny-llama"), packages=tmp_path)
     with torch.inference_mode():
         assert torch.equal(gencycle.generate(again, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6),
                            eager)
+    assert library.stat().st_mtime > 1e9  # loading marked it used: pruning keeps it longest
 
 
 @needs_compiler
@@ -192,6 +197,31 @@ def test_ahead_of_time_steps_call_gencycles_kernels_and_equal_eager(tmp_path):
     assert torch.equal(compiled, eager)
     described = (tmp_path / f"{model.compiled_decoding.ahead_of_time.key}-b4-s64.json").read_text()
     assert "gencycle::int4_mm" in described and "gencycle::decode_attention" in described
+
+
+def test_prune_removes_the_least_recently_used_libraries_beyond_the_limit_and_stale_builds(tmp_path, monkeypatch):
+    """The compiled-steps folder does not grow without end: after a build, the least recently used
+    libraries (mtime: loading one touches it) go, with their JSON, until the rest fit; the one just built
+    stays even alone over the limit; a killed build's folder goes after a day, a running one stays."""
+    now = time.time()
+    for age, name in enumerate(["new", "mid", "old", "older"]):
+        library = tmp_path / f"{name}-b1-s64.so"
+        library.write_bytes(b"x" * 400)
+        library.with_suffix(".json").write_text("{}")
+        os.utime(library, (now - 3600 * age, now - 3600 * age))
+    stale, running = tmp_path / ".build-stale", tmp_path / ".build-running"
+    for folder, age in ((stale, 2 * 86400), (running, 60)):
+        folder.mkdir()
+        os.utime(folder, (now - age, now - age))
+    removed = prune(tmp_path, keep=tmp_path / "new-b1-s64.so", limit_gb=1000e-9)  # room for two of 400 bytes
+    assert [p.name for p in removed] == ["older-b1-s64.so", "old-b1-s64.so"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-running", "mid-b1-s64.json", "mid-b1-s64.so",
+                                                         "new-b1-s64.json", "new-b1-s64.so"]
+    assert prune(tmp_path, keep=tmp_path / "new-b1-s64.so", limit_gb=0) == [tmp_path / "mid-b1-s64.so"]
+    assert (tmp_path / "new-b1-s64.so").is_file()
+    monkeypatch.setenv("GENCYCLE_COMPILED_CACHE_GB", "lots")
+    with pytest.raises(ValueError, match="GENCYCLE_COMPILED_CACHE_GB must be a number"):
+        prune(tmp_path)
 
 
 def test_an_exported_step_writes_each_layer_of_the_cache_in_place():

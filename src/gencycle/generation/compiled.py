@@ -37,6 +37,7 @@ machine for SmolLM2). `compile_decoding(model, packages="auto")` compiles each s
 time instead (torch.export + AOTInductor, `AheadOfTimeSteps`) into a shared library beside the GGUF
 cache, keyed by the weights' content: a later process with the same weights hashes them (~0.4 s
 for SmolLM2 int4) and loads the library (~0.2 s) where torch.compile would trace and compile.
+The folder keeps the most recently used libraries within GENCYCLE_COMPILED_CACHE_GB (`prune`).
 
 The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
 calls with gradients enabled decode eagerly. A finished row is not dropped from the compiled
@@ -52,6 +53,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 import types
 import zipfile
 from pathlib import Path
@@ -71,6 +73,10 @@ MIN_SLOTS = 64
 # inductor settings of every compiled step, in this process and ahead of time (see CompiledStep.__call__)
 STEP_OPTIONS = {"freezing": True, "emulate_precision_casts": True}
 MAX_GRAPHS = 128  # graphs of one compiled step: one per batch size and cache size
+# ahead-of-time libraries kept in a folder, in GB (GENCYCLE_COMPILED_CACHE_GB): after each build the least
+# recently used ones go beyond it, and build folders a killed process left behind (AheadOfTimeSteps.prune)
+DEFAULT_PACKAGE_GB = 10.0
+STALE_BUILD_SECONDS = 24 * 3600
 _REBUILD = threading.Lock()
 _OPTIMIZER_STEPS = WeakIdKeyDictionary()  # parameter -> torch.optim steps over it, once compile_decoding ran
 _watching = False
@@ -242,7 +248,8 @@ class AheadOfTimeSteps:
     would be compiled the same; a missing one is exported and compiled (once: tens of seconds to
     minutes), written atomically, then loaded: a `dlopen`, a fraction of a second. A library holds
     its weights, frozen and pre-packed as in `CompiledStep`'s graphs (about the size of the weights
-    that a step reads, per file)."""
+    that a step reads, per file). Loading one marks it used (its mtime); after a build, `prune` removes
+    the least recently used libraries beyond GENCYCLE_COMPILED_CACHE_GB (default 10) in the folder."""
 
     def __init__(self, model, folder: Path):
         self.model, self.folder = model, Path(folder)
@@ -257,8 +264,13 @@ class AheadOfTimeSteps:
         runner = self.runners.get((batch, slots))
         if runner is None:
             path = self.path(batch, slots)
-            if not path.is_file():
+            try:
+                os.utime(path)  # used now: prune keeps the recently used ones
+            except FileNotFoundError:
                 self.build(batch, slots, path)
+                prune(self.folder, keep=path)
+            except OSError:  # a read-only folder: load it all the same
+                pass
             if path.with_suffix(".json").is_file():  # the library calls custom ops (gencycle's kernels):
                 cpu_kernels.available()              # built and registered before it loads
             device = self.model.device
@@ -323,6 +335,42 @@ def package_key(model) -> str:
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
         digest.update(memoryview(data.view(torch.uint8).cpu().numpy()))
     return digest.hexdigest()[:24]
+
+
+def prune(folder: Path, keep: Path | None = None, limit_gb: float | None = None) -> list[Path]:
+    """Remove the least recently used ahead-of-time libraries (each with its .json) from `folder` until
+    the rest fit in `limit_gb` (default: $GENCYCLE_COMPILED_CACHE_GB, else DEFAULT_PACKAGE_GB), never
+    `keep`; and build folders older than a day (a killed build's; a running one is younger). A library
+    that a process has loaded stays usable there (Linux keeps an open file until it is closed).
+    Returns the removed libraries."""
+    if limit_gb is None:
+        value = os.environ.get("GENCYCLE_COMPILED_CACHE_GB", "")
+        try:
+            limit_gb = float(value) if value else DEFAULT_PACKAGE_GB
+        except ValueError:
+            raise ValueError(f"GENCYCLE_COMPILED_CACHE_GB must be a number of GB, not {value!r}") from None
+    now = time.time()
+    for work in folder.glob(".build-*"):
+        with contextlib.suppress(OSError):
+            if now - work.stat().st_mtime > STALE_BUILD_SECONDS:
+                shutil.rmtree(work, ignore_errors=True)
+    libraries = []
+    for library in folder.glob("*.so"):
+        with contextlib.suppress(OSError):  # another process may remove it meanwhile
+            info = library.stat()
+            libraries.append((info.st_mtime, info.st_size, library))
+    total, removed = sum(size for _, size, _ in libraries), []
+    for _, size, library in sorted(libraries, key=lambda entry: entry[0]):  # least recently used first
+        if total <= limit_gb * 1e9:
+            break
+        if keep is not None and library == keep:
+            continue
+        for path in (library, library.with_suffix(".json")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        total -= size
+        removed.append(library)
+    return removed
 
 
 def _own_decode_step(model):
