@@ -122,6 +122,8 @@ def test_int4_cpu_kernel_computes_its_formula(N, K, G, dtype):
         x = torch.randn(M, K, generator=g).to(dtype)
         y = torch.ops.gencycle.int4_mm(x, packed, scales, zeros, G)
         assert y.shape == (M, N) and y.dtype == dtype                     # x's dtype, rounded from fp32
+        assert torch.equal(y[-1:], torch.ops.gencycle.int4_mm(x[-1:].contiguous(), packed, scales, zeros, G))
+        # a row's bits do not depend on the rows beside it (a greedy request alone = in a batch)
         xb = x.float().view(M, K // 32, 32)                               # as the kernel: in fp32,
         amax = xb.abs().amax(-1, keepdim=True)
         d = (amax / 127).double()
