@@ -74,7 +74,7 @@ MIN_SLOTS = 64
 STEP_OPTIONS = {"freezing": True, "emulate_precision_casts": True}
 MAX_GRAPHS = 128  # graphs of one compiled step: one per batch size and cache size
 # ahead-of-time libraries kept in a folder, in GB (GENCYCLE_COMPILED_CACHE_GB): after each build the least
-# recently used ones go beyond it, and build folders a killed process left behind (AheadOfTimeSteps.prune)
+# recently used ones beyond it go, and build folders a killed process left behind (`prune`)
 DEFAULT_PACKAGE_GB = 10.0
 STALE_BUILD_SECONDS = 24 * 3600
 _REBUILD = threading.Lock()
