@@ -165,22 +165,27 @@ def test_a_model_changed_after_compiling_gets_its_step_built_again(tmp_path):
 
 @needs_compiler
 def test_ahead_of_time_steps_equal_eager_and_a_later_model_loads_them(tmp_path, monkeypatch):
-    """compile_decoding(packages=...): each step shape exported and AOT-compiled to a library in the
-    folder; a model with the same weights (a later process) loads it instead of compiling."""
+    """compile_decoding(packages=...): each batch size's step exported and AOT-compiled to a library in
+    the folder; a model with the same weights (a later process) loads it instead of compiling, and the
+    library serves a bigger cache too (its slot count is dynamic: no build when a chat outgrows it)."""
     model = gencycle.compile_decoding(tiny("tiny-llama"), packages=tmp_path)
     ids, mask = ragged_prompts()
     eager, compiled = eager_and_compiled(model, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6)
     assert torch.equal(compiled, eager)
     key = model.compiled_decoding.ahead_of_time.key
-    assert (tmp_path / f"{key}-b4-s64.so").is_file()
+    assert (tmp_path / f"{key}-b4.so").is_file()
     monkeypatch.setattr(AheadOfTimeSteps, "build", lambda *args: pytest.fail("built again"))
-    library = tmp_path / f"{key}-b4-s64.so"
+    library = tmp_path / f"{key}-b4.so"
     os.utime(library, (1e9, 1e9))  # long unused
     again = gencycle.compile_decoding(tiny("tiny-llama"), packages=tmp_path)
     with torch.inference_mode():
         assert torch.equal(gencycle.generate(again, ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6),
                            eager)
     assert library.stat().st_mtime > 1e9  # loading marked it used: pruning keeps it longest
+    longer = dict(attention_mask=mask, max_new_tokens=60, min_new_tokens=60)  # 9 + 60 positions: 128 slots
+    eager_longer, compiled_longer = eager_and_compiled(again, ids, **longer)
+    assert torch.equal(compiled_longer, eager_longer)
+    assert sorted(p.name for p in tmp_path.glob("*.so")) == [library.name]
 
 
 @needs_compiler
@@ -195,7 +200,7 @@ def test_ahead_of_time_steps_call_gencycles_kernels_and_equal_eager(tmp_path):
     ids, mask = ragged_prompts()
     eager, compiled = eager_and_compiled(model, ids, attention_mask=mask, max_new_tokens=4, min_new_tokens=4)
     assert torch.equal(compiled, eager)
-    described = (tmp_path / f"{model.compiled_decoding.ahead_of_time.key}-b4-s64.json").read_text()
+    described = (tmp_path / f"{model.compiled_decoding.ahead_of_time.key}-b4.json").read_text()
     assert "gencycle::int4_mm" in described and "gencycle::decode_attention" in described
 
 
@@ -205,7 +210,7 @@ def test_prune_removes_the_least_recently_used_libraries_beyond_the_limit_and_st
     stays even alone over the limit; a killed build's folder goes after a day, a running one stays."""
     now = time.time()
     for age, name in enumerate(["new", "mid", "old", "older"]):
-        library = tmp_path / f"{name}-b1-s64.so"
+        library = tmp_path / f"{name}-b1.so"
         library.write_bytes(b"x" * 400)
         library.with_suffix(".json").write_text("{}")
         os.utime(library, (now - 3600 * age, now - 3600 * age))
@@ -213,12 +218,12 @@ def test_prune_removes_the_least_recently_used_libraries_beyond_the_limit_and_st
     for folder, age in ((stale, 2 * 86400), (running, 60)):
         folder.mkdir()
         os.utime(folder, (now - age, now - age))
-    removed = prune(tmp_path, keep=tmp_path / "new-b1-s64.so", limit_gb=1000e-9)  # room for two of 400 bytes
-    assert [p.name for p in removed] == ["older-b1-s64.so", "old-b1-s64.so"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-running", "mid-b1-s64.json", "mid-b1-s64.so",
-                                                         "new-b1-s64.json", "new-b1-s64.so"]
-    assert prune(tmp_path, keep=tmp_path / "new-b1-s64.so", limit_gb=0) == [tmp_path / "mid-b1-s64.so"]
-    assert (tmp_path / "new-b1-s64.so").is_file()
+    removed = prune(tmp_path, keep=tmp_path / "new-b1.so", limit_gb=1000e-9)  # room for two of 400 bytes
+    assert [p.name for p in removed] == ["older-b1.so", "old-b1.so"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-running", "mid-b1.json", "mid-b1.so",
+                                                         "new-b1.json", "new-b1.so"]
+    assert prune(tmp_path, keep=tmp_path / "new-b1.so", limit_gb=0) == [tmp_path / "mid-b1.so"]
+    assert (tmp_path / "new-b1.so").is_file()
     monkeypatch.setenv("GENCYCLE_COMPILED_CACHE_GB", "lots")
     with pytest.raises(ValueError, match="GENCYCLE_COMPILED_CACHE_GB must be a number"):
         prune(tmp_path)

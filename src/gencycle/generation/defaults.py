@@ -34,7 +34,7 @@ The rules:
   (`serving=True`: its warm-up builds a step per row count, minutes each the first time on a few
   cores); `--compile` asks for them. Compiled steps give the tokens eager decoding gives
   (tests/test_compiled_decoding.py, tests/test_defaults.py); the command line compiles them ahead
-  of time (`packages="auto"`): the first run per batch size and cache size builds a library
+  of time (`packages="auto"`): the first run per batch size builds a library (for every cache size)
   (a minute or more on 2 cores, said on stderr), later processes load it in a fraction of a second.
 """
 
