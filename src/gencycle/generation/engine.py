@@ -46,7 +46,7 @@ a batch that outgrows its slots moves to the next size, whose graph is built the
 `warm_up()` also times a compiled and an eager step of each row count and keeps the faster one
 (`step_choice`): a compiled step attends to every slot, so on a CPU a batch of long rows can run
 faster eagerly (the ahead-of-time SmolLM2 int4 step did on this project's 2-core Xeon while
-gencycle's kernels ran on one core; now the compiled step wins at every row count there).
+it used PyTorch's int4 kernel; now the compiled step wins at every row count there).
 
 Partial: no chunked prefill (a long prompt's prefill pauses the running rows for its duration) and
 no prefix caching; encoder-decoder models are refused (their cross-attention caches do not join).
@@ -739,9 +739,9 @@ class Engine:
         step only to the filled ones, so this is the eager step's worst case), and decode that row
         count eagerly when its eager step was faster (`eager_rows`; `step_choice` has the timings).
         On this project's 2-core Xeon the ahead-of-time SmolLM2 int4 step (bf16 around it) over 512
-        filled slots measured 17.5 vs 26.9 ms eager at 1 row and 37.3 vs 39.4 ms at 8 rows (it was
-        2.5x and 17x slower than eager before gencycle's kernels ran on both cores and read only the
-        filled slots)."""
+        filled slots measured 17.5 vs 26.9 ms eager at 1 row and 37.3 vs 39.4 ms at 8 rows (an earlier
+        session, before gencycle's int4 and attention kernels ran in compiled steps, measured it 2.5x
+        and 17x slower than eager)."""
         if not self.compiled:
             return
 
