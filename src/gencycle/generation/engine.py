@@ -42,7 +42,8 @@ StaticKVCache of a fixed number of rows (a power of two up to max_batch, holes i
 (a power of two), and each step runs the model's compiled `decode_step` (compiled.py) over all of
 them, the attention bias masking each row's invalid slots. Torch builds one graph per (rows, slots)
 pair: `warm_up()` builds those of every row count at the first slot size before requests come;
-a batch that outgrows its slots moves to the next size, whose graph is built then if it was not.
+a batch that outgrows its slots moves to the next size, whose graph is built then if it was not
+(steps compiled ahead of time have one library per row count, for every slot count: nothing to build).
 `warm_up()` also times a compiled and an eager step of each row count and keeps the faster one
 (`step_choice`): a compiled step attends to every slot, so on a CPU a batch of long rows can run
 faster eagerly (the ahead-of-time SmolLM2 int4 step did on this project's 2-core Xeon while
