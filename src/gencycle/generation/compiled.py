@@ -33,10 +33,11 @@ the bare model's.
 
 Fast starts: torch.compile's graphs live in the process; a later process traces and compiles
 again (its disk cache saves part of the work, not the tracing: minutes on a loaded 2-core
-machine for SmolLM2). `compile_decoding(model, packages="auto")` compiles the step of each batch size
-(for every cache size) ahead of time instead (torch.export + AOTInductor, `AheadOfTimeSteps`) into a shared library beside the GGUF
-cache, keyed by the weights' content: a later process with the same weights hashes them (~0.4 s
-for SmolLM2 int4) and loads the library (~0.2 s) where torch.compile would trace and compile.
+machine for SmolLM2). `compile_decoding(model, packages="auto")` compiles the step of each batch
+size (for every cache size) ahead of time instead (torch.export + AOTInductor, `AheadOfTimeSteps`)
+into a shared library beside the GGUF cache, keyed by the weights' content: a later process with
+the same weights hashes them (~0.4 s for SmolLM2 int4) and loads the library (~0.2 s) where
+torch.compile would trace and compile.
 The folder keeps the most recently used libraries within GENCYCLE_COMPILED_CACHE_GB (`prune`).
 
 The prompt's prefill stays eager (its length varies). Beam search, encoder-decoder models and
@@ -258,7 +259,7 @@ class AheadOfTimeSteps:
     def __init__(self, model, folder: Path):
         self.model, self.folder = model, Path(folder)
         self.key = package_key(model)
-        self.runners: dict[tuple[int, int], object] = {}
+        self.runners: dict[int, object] = {}  # batch size -> loaded library
 
     def path(self, batch: int) -> Path:
         return self.folder / f"{self.key}-b{batch}.so"
